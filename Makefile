@@ -1,0 +1,42 @@
+# One command for each thing a person does with slim. See README.md.
+
+CARGO ?= cargo
+PYTHON ?= python3
+
+.PHONY: demo test lint fmt garage garage-stop models bench-ingest check-cuda python-deps
+
+## Run the demo job on the bundled Video Games sample (in-process, no servers).
+demo:
+	$(CARGO) run --release -- run
+
+## Run every test (starts Garage on loopback for the S3 tests; RabbitMQ must be up).
+test: python-deps garage
+	. .garage/env && $(CARGO) test --workspace
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Third-party Parquet readers the tests use to check outputs.
+python-deps:
+	@$(PYTHON) -c "import pyarrow, duckdb" 2>/dev/null || $(PYTHON) -m pip install --quiet pyarrow duckdb pandas
+
+## Single-node Garage S3 on 127.0.0.1:3900 (installs garage 2.5.0 with cargo when missing).
+garage:
+	scripts/garage.sh start
+
+garage-stop:
+	scripts/garage.sh stop
+
+## Ingest + k-core + split benchmark against a pandas peer (writes benches/results/).
+bench-ingest: python-deps
+	$(CARGO) build --release
+	$(PYTHON) benches/ingest.py
+
+## The GPU build compiles here without CUDA installed.
+check-cuda:
+	$(CARGO) check --features cuda

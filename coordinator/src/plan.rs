@@ -1,0 +1,103 @@
+//! The stage DAG of a job.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The stages of a SLIM job, in dependency order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Prepare,
+    Teacher,
+    Distill,
+    Student,
+    Encode,
+    Train,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Prepare,
+        Stage::Teacher,
+        Stage::Distill,
+        Stage::Student,
+        Stage::Encode,
+        Stage::Train,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::Teacher => "teacher",
+            Stage::Distill => "distill",
+            Stage::Student => "student",
+            Stage::Encode => "encode",
+            Stage::Train => "train",
+        }
+    }
+
+    /// Stages that must be complete before this one starts.
+    pub fn depends_on(self) -> &'static [Stage] {
+        match self {
+            Stage::Prepare => &[],
+            Stage::Teacher => &[Stage::Prepare],
+            Stage::Distill => &[Stage::Teacher],
+            Stage::Student => &[Stage::Distill],
+            Stage::Encode => &[Stage::Student, Stage::Teacher],
+            Stage::Train => &[Stage::Encode],
+        }
+    }
+
+    /// The folder under `{output}/{job}/` that holds this stage's outputs.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Stage::Prepare => "data",
+            Stage::Teacher => "teacher",
+            Stage::Distill | Stage::Student => "student",
+            Stage::Encode => "embeddings",
+            Stage::Train => "train",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Stages in an order where each comes after everything it depends on.
+pub fn topological_order() -> Vec<Stage> {
+    let mut order: Vec<Stage> = Vec::new();
+    while order.len() < Stage::ALL.len() {
+        for stage in Stage::ALL {
+            if !order.contains(&stage) && stage.depends_on().iter().all(|d| order.contains(d)) {
+                order.push(stage);
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_follows_its_dependencies() {
+        let order = topological_order();
+        assert_eq!(order.len(), Stage::ALL.len());
+        for (i, stage) in order.iter().enumerate() {
+            for dep in stage.depends_on() {
+                let j = order.iter().position(|s| s == dep).unwrap();
+                assert!(j < i, "{stage} runs before its dependency {dep}");
+            }
+        }
+        assert_eq!(Stage::parse("encode"), Some(Stage::Encode));
+        assert_eq!(Stage::parse("nope"), None);
+    }
+}

@@ -1,0 +1,390 @@
+//! Parquet schemas of slim's outputs, declared once and used by writers, readers, tests and docs.
+//!
+//! Every file is written with ZSTD compression and plain Arrow types (UInt32, Utf8, Boolean,
+//! List) that pandas, polars, DuckDB and Spark read without help.
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, ListBuilder, RecordBatch, StringBuilder, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::io::Write;
+use std::sync::{Arc, LazyLock};
+
+/// Rows per record batch / row group when writing.
+pub const BATCH_ROWS: usize = 64 * 1024;
+
+fn list_of(data_type: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", data_type, true)))
+}
+
+/// `data/users.parquet`: one row per user after preprocessing.
+pub static USERS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        // The user's id in the source data (reviewerID, RecBole token).
+        Field::new("user_id", DataType::Utf8, false),
+        // Dense index, 0..users.
+        Field::new("user_index", DataType::UInt32, false),
+        // Training history as item_index values, oldest first, truncated to max_history.
+        Field::new("history", list_of(DataType::UInt32), false),
+        // Length of the training history before truncation.
+        Field::new("history_length", DataType::UInt32, false),
+        // Second-to-last item (validation target).
+        Field::new("valid_item", DataType::UInt32, false),
+        // Last item (test target).
+        Field::new("test_item", DataType::UInt32, false),
+        // Work unit of the per-user stages.
+        Field::new("shard", DataType::UInt32, false),
+        // Whether the user is in the teacher subset U'.
+        Field::new("in_teacher_sample", DataType::Boolean, false),
+    ]))
+});
+
+/// `data/items.parquet`: one row per item that survived preprocessing.
+pub static ITEMS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        // Dense index used in users.parquet, 0..items.
+        Field::new("item_index", DataType::UInt32, false),
+        // The item's id in the source data (ASIN, RecBole token).
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, true),
+        Field::new("brand", DataType::Utf8, true),
+        // Category path, most general first.
+        Field::new("categories", list_of(DataType::Utf8), false),
+        Field::new("description", DataType::Utf8, true),
+        // Whether the source had a meta record for the item.
+        Field::new("has_meta", DataType::Boolean, false),
+        // The text the encoder embeds (see data::text::render_item_text).
+        Field::new("text", DataType::Utf8, false),
+        // Occurrences in training histories (before truncation): popularity without leakage.
+        Field::new("train_count", DataType::UInt32, false),
+    ]))
+});
+
+/// One row of `data/users.parquet`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub user_id: String,
+    pub user_index: u32,
+    pub history: Vec<u32>,
+    pub history_length: u32,
+    pub valid_item: u32,
+    pub test_item: u32,
+    pub shard: u32,
+    pub in_teacher_sample: bool,
+}
+
+/// One row of `data/items.parquet`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRow {
+    pub item_index: u32,
+    pub item_id: String,
+    pub title: Option<String>,
+    pub brand: Option<String>,
+    pub categories: Vec<String>,
+    pub description: Option<String>,
+    pub has_meta: bool,
+    pub text: String,
+    pub train_count: u32,
+}
+
+/// Builds `users.parquet` batches row by row.
+#[derive(Default)]
+pub struct UsersBuilder {
+    user_id: StringBuilder,
+    user_index: UInt32Builder,
+    history: ListBuilder<UInt32Builder>,
+    history_length: UInt32Builder,
+    valid_item: UInt32Builder,
+    test_item: UInt32Builder,
+    shard: UInt32Builder,
+    in_teacher_sample: BooleanBuilder,
+    rows: usize,
+}
+
+impl UsersBuilder {
+    pub fn push(&mut self, row: UserRowRef<'_>) {
+        self.user_id.append_value(row.user_id);
+        self.user_index.append_value(row.user_index);
+        self.history.values().append_slice(row.history);
+        self.history.append(true);
+        self.history_length.append_value(row.history_length);
+        self.valid_item.append_value(row.valid_item);
+        self.test_item.append_value(row.test_item);
+        self.shard.append_value(row.shard);
+        self.in_teacher_sample.append_value(row.in_teacher_sample);
+        self.rows += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows pushed so far as one batch; the builder is empty afterwards.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        self.rows = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.user_index.finish()),
+            Arc::new(self.history.finish()),
+            Arc::new(self.history_length.finish()),
+            Arc::new(self.valid_item.finish()),
+            Arc::new(self.test_item.finish()),
+            Arc::new(self.shard.finish()),
+            Arc::new(self.in_teacher_sample.finish()),
+        ];
+        Ok(RecordBatch::try_new(USERS.clone(), columns)?)
+    }
+}
+
+/// A borrowed user row, so writers need not allocate per row.
+#[derive(Debug, Clone, Copy)]
+pub struct UserRowRef<'a> {
+    pub user_id: &'a str,
+    pub user_index: u32,
+    pub history: &'a [u32],
+    pub history_length: u32,
+    pub valid_item: u32,
+    pub test_item: u32,
+    pub shard: u32,
+    pub in_teacher_sample: bool,
+}
+
+/// Builds `items.parquet` batches row by row.
+#[derive(Default)]
+pub struct ItemsBuilder {
+    item_index: UInt32Builder,
+    item_id: StringBuilder,
+    title: StringBuilder,
+    brand: StringBuilder,
+    categories: ListBuilder<StringBuilder>,
+    description: StringBuilder,
+    has_meta: BooleanBuilder,
+    text: StringBuilder,
+    train_count: UInt32Builder,
+    rows: usize,
+}
+
+impl ItemsBuilder {
+    pub fn push(&mut self, row: &ItemRow) {
+        self.item_index.append_value(row.item_index);
+        self.item_id.append_value(&row.item_id);
+        self.title.append_option(row.title.as_deref());
+        self.brand.append_option(row.brand.as_deref());
+        for category in &row.categories {
+            self.categories.values().append_value(category);
+        }
+        self.categories.append(true);
+        self.description.append_option(row.description.as_deref());
+        self.has_meta.append_value(row.has_meta);
+        self.text.append_value(&row.text);
+        self.train_count.append_value(row.train_count);
+        self.rows += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        self.rows = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.item_index.finish()),
+            Arc::new(self.item_id.finish()),
+            Arc::new(self.title.finish()),
+            Arc::new(self.brand.finish()),
+            Arc::new(self.categories.finish()),
+            Arc::new(self.description.finish()),
+            Arc::new(self.has_meta.finish()),
+            Arc::new(self.text.finish()),
+            Arc::new(self.train_count.finish()),
+        ];
+        Ok(RecordBatch::try_new(ITEMS.clone(), columns)?)
+    }
+}
+
+/// Writer properties shared by every output: ZSTD, row groups of [`BATCH_ROWS`].
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_max_row_group_row_count(Some(BATCH_ROWS))
+        .set_created_by(format!("slim {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Opens a Parquet writer for `schema` over any sink (a file, a Vec).
+pub fn writer<W: Write + Send>(sink: W, schema: &SchemaRef) -> Result<ArrowWriter<W>> {
+    Ok(ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties()))?)
+}
+
+/// Reads all batches of a Parquet file held in memory, checking its schema.
+pub fn read_batches(bytes: Bytes, expected: &SchemaRef, name: &str) -> Result<Vec<RecordBatch>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .with_context(|| format!("{name}: not a readable Parquet file"))?;
+    let found = builder.schema().clone();
+    for field in expected.fields() {
+        match found.field_with_name(field.name()) {
+            Ok(f) if f.data_type() == field.data_type() => {}
+            Ok(f) => bail!(
+                "{name}: column {} has type {} but slim expects {}",
+                field.name(),
+                f.data_type(),
+                field.data_type()
+            ),
+            Err(_) => bail!("{name}: column {} is missing", field.name()),
+        }
+    }
+    let reader = builder.with_batch_size(BATCH_ROWS).build()?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{name}: reading record batches"))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a dyn Array {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name} checked by read_batches"))
+        .as_ref()
+}
+
+/// Reads `users.parquet` into rows (for small files, tests and tools).
+pub fn read_users(bytes: Bytes, name: &str) -> Result<Vec<UserRow>> {
+    let mut rows = Vec::new();
+    for batch in read_batches(bytes, &USERS, name)? {
+        let user_id = column(&batch, "user_id").as_string::<i32>();
+        let user_index = column(&batch, "user_index").as_primitive::<UInt32Type>();
+        let history = column(&batch, "history").as_list::<i32>();
+        let history_length = column(&batch, "history_length").as_primitive::<UInt32Type>();
+        let valid_item = column(&batch, "valid_item").as_primitive::<UInt32Type>();
+        let test_item = column(&batch, "test_item").as_primitive::<UInt32Type>();
+        let shard = column(&batch, "shard").as_primitive::<UInt32Type>();
+        let sample = column(&batch, "in_teacher_sample").as_boolean();
+        for r in 0..batch.num_rows() {
+            rows.push(UserRow {
+                user_id: user_id.value(r).to_string(),
+                user_index: user_index.value(r),
+                history: history.value(r).as_primitive::<UInt32Type>().values().to_vec(),
+                history_length: history_length.value(r),
+                valid_item: valid_item.value(r),
+                test_item: test_item.value(r),
+                shard: shard.value(r),
+                in_teacher_sample: sample.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Reads `items.parquet` into rows.
+pub fn read_items(bytes: Bytes, name: &str) -> Result<Vec<ItemRow>> {
+    let mut rows = Vec::new();
+    let optional = |a: &arrow::array::StringArray, r: usize| (!a.is_null(r)).then(|| a.value(r).to_string());
+    for batch in read_batches(bytes, &ITEMS, name)? {
+        let item_index = column(&batch, "item_index").as_primitive::<UInt32Type>();
+        let item_id = column(&batch, "item_id").as_string::<i32>();
+        let title = column(&batch, "title").as_string::<i32>();
+        let brand = column(&batch, "brand").as_string::<i32>();
+        let categories = column(&batch, "categories").as_list::<i32>();
+        let description = column(&batch, "description").as_string::<i32>();
+        let has_meta = column(&batch, "has_meta").as_boolean();
+        let text = column(&batch, "text").as_string::<i32>();
+        let train_count = column(&batch, "train_count").as_primitive::<UInt32Type>();
+        for r in 0..batch.num_rows() {
+            let cats = categories.value(r);
+            let cats = cats.as_string::<i32>();
+            rows.push(ItemRow {
+                item_index: item_index.value(r),
+                item_id: item_id.value(r).to_string(),
+                title: optional(title, r),
+                brand: optional(brand, r),
+                categories: (0..cats.len()).map(|i| cats.value(i).to_string()).collect(),
+                description: optional(description, r),
+                has_meta: has_meta.value(r),
+                text: text.value(r).to_string(),
+                train_count: train_count.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_round_trip_through_parquet() {
+        let mut builder = UsersBuilder::default();
+        let history = [3, 1, 2];
+        builder.push(UserRowRef {
+            user_id: "A1",
+            user_index: 0,
+            history: &history,
+            history_length: 7,
+            valid_item: 4,
+            test_item: 5,
+            shard: 0,
+            in_teacher_sample: true,
+        });
+        builder.push(UserRowRef {
+            user_id: "B2",
+            user_index: 1,
+            history: &[],
+            history_length: 0,
+            valid_item: 1,
+            test_item: 2,
+            shard: 1,
+            in_teacher_sample: false,
+        });
+        let batch = builder.finish().unwrap();
+        let mut buf = Vec::new();
+        let mut w = writer(&mut buf, &USERS).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let rows = read_users(Bytes::from(buf), "users.parquet").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].history, [3, 1, 2]);
+        assert_eq!(rows[0].history_length, 7);
+        assert!(rows[0].in_teacher_sample);
+        assert_eq!(rows[1].user_id, "B2");
+        assert!(rows[1].history.is_empty());
+    }
+
+    #[test]
+    fn items_round_trip_and_schema_mismatch_is_named() {
+        let row = ItemRow {
+            item_index: 0,
+            item_id: "B00X".into(),
+            title: Some("Zelda".into()),
+            brand: None,
+            categories: vec!["Games".into(), "Switch".into()],
+            description: None,
+            has_meta: true,
+            text: "Zelda".into(),
+            train_count: 9,
+        };
+        let mut builder = ItemsBuilder::default();
+        builder.push(&row);
+        let mut buf = Vec::new();
+        let mut w = writer(&mut buf, &ITEMS).unwrap();
+        w.write(&builder.finish().unwrap()).unwrap();
+        w.close().unwrap();
+        let bytes = Bytes::from(buf);
+        assert_eq!(read_items(bytes.clone(), "items.parquet").unwrap(), vec![row]);
+        let err = read_users(bytes, "items.parquet").unwrap_err().to_string();
+        assert!(err.contains("items.parquet: column user_id is missing"), "{err}");
+    }
+}

@@ -1,0 +1,40 @@
+//! The Burn backend this binary was built with.
+
+#[cfg(feature = "cuda")]
+mod selected {
+    /// GPU backend: CUDA through cubecl.
+    pub type Backend = burn::backend::Cuda;
+    pub const NAME: &str = "cuda";
+}
+
+#[cfg(all(feature = "flex", not(feature = "cuda")))]
+mod selected {
+    /// CPU backend.
+    pub type Backend = burn::backend::Flex;
+    pub const NAME: &str = "flex (CPU)";
+}
+
+#[cfg(not(any(feature = "flex", feature = "cuda")))]
+compile_error!("slim-worker needs a backend: enable the `flex` (CPU) or `cuda` feature");
+
+pub use selected::{Backend, NAME};
+
+/// The default device of the selected backend.
+pub fn device() -> burn::tensor::Device<Backend> {
+    Default::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Tensor;
+
+    #[test]
+    fn the_selected_backend_computes() {
+        let device = device();
+        let a = Tensor::<Backend, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+        let b = Tensor::<Backend, 2>::from_floats([[1.0], [1.0]], &device);
+        let product: Vec<f32> = a.matmul(b).into_data().to_vec().unwrap();
+        assert_eq!(product, vec![3.0, 7.0]);
+    }
+}

@@ -1,0 +1,7 @@
+//! slim's worker: runs stage executors and owns the ML code on Burn.
+//!
+//! The compute backend is chosen at build time: `flex` (CPU, default) or `cuda` (GPU, cargo
+//! feature `cuda`). Stage code is generic over `burn::tensor::backend::Backend`; this module
+//! names the concrete backend the binary was built with.
+
+pub mod backend;
