@@ -170,7 +170,7 @@ start() {
   GARAGE_DEFAULT_ACCESS_KEY="$ACCESS_KEY" \
     GARAGE_DEFAULT_SECRET_KEY="$SECRET_KEY" \
     GARAGE_DEFAULT_BUCKET="$BUCKET" \
-    RUST_LOG="${RUST_LOG:-garage=info}" \
+    RUST_LOG="${RUST_LOG:-garage=info}" NO_COLOR=1 \
     setsid nohup "$garage" -c "$CONFIG" server --single-node --default-bucket \
     >>"$LOG" 2>&1 </dev/null &
   pid=$!

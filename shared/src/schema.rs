@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result, bail};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, ListBuilder, RecordBatch, StringBuilder, UInt32Builder,
+    Array, ArrayRef, AsArray, BooleanBuilder, ListBuilder, RecordBatch, StringBuilder,
+    UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use bytes::Bytes;
@@ -219,7 +220,9 @@ impl ItemsBuilder {
 /// Writer properties shared by every output: ZSTD, row groups of [`BATCH_ROWS`].
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_max_row_group_row_count(Some(BATCH_ROWS))
         .set_created_by(format!("slim {}", env!("CARGO_PKG_VERSION")))
         .build()
@@ -227,7 +230,11 @@ pub fn writer_properties() -> WriterProperties {
 
 /// Opens a Parquet writer for `schema` over any sink (a file, a Vec).
 pub fn writer<W: Write + Send>(sink: W, schema: &SchemaRef) -> Result<ArrowWriter<W>> {
-    Ok(ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties()))?)
+    Ok(ArrowWriter::try_new(
+        sink,
+        schema.clone(),
+        Some(writer_properties()),
+    )?)
 }
 
 /// Reads all batches of a Parquet file held in memory, checking its schema.
@@ -276,7 +283,11 @@ pub fn read_users(bytes: Bytes, name: &str) -> Result<Vec<UserRow>> {
             rows.push(UserRow {
                 user_id: user_id.value(r).to_string(),
                 user_index: user_index.value(r),
-                history: history.value(r).as_primitive::<UInt32Type>().values().to_vec(),
+                history: history
+                    .value(r)
+                    .as_primitive::<UInt32Type>()
+                    .values()
+                    .to_vec(),
                 history_length: history_length.value(r),
                 valid_item: valid_item.value(r),
                 test_item: test_item.value(r),
@@ -291,7 +302,8 @@ pub fn read_users(bytes: Bytes, name: &str) -> Result<Vec<UserRow>> {
 /// Reads `items.parquet` into rows.
 pub fn read_items(bytes: Bytes, name: &str) -> Result<Vec<ItemRow>> {
     let mut rows = Vec::new();
-    let optional = |a: &arrow::array::StringArray, r: usize| (!a.is_null(r)).then(|| a.value(r).to_string());
+    let optional =
+        |a: &arrow::array::StringArray, r: usize| (!a.is_null(r)).then(|| a.value(r).to_string());
     for batch in read_batches(bytes, &ITEMS, name)? {
         let item_index = column(&batch, "item_index").as_primitive::<UInt32Type>();
         let item_id = column(&batch, "item_id").as_string::<i32>();
@@ -383,8 +395,14 @@ mod tests {
         w.write(&builder.finish().unwrap()).unwrap();
         w.close().unwrap();
         let bytes = Bytes::from(buf);
-        assert_eq!(read_items(bytes.clone(), "items.parquet").unwrap(), vec![row]);
+        assert_eq!(
+            read_items(bytes.clone(), "items.parquet").unwrap(),
+            vec![row]
+        );
         let err = read_users(bytes, "items.parquet").unwrap_err().to_string();
-        assert!(err.contains("items.parquet: column user_id is missing"), "{err}");
+        assert!(
+            err.contains("items.parquet: column user_id is missing"),
+            "{err}"
+        );
     }
 }

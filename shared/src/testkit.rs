@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const NOT_RUNNING: &str = "Garage is not running: start it with `scripts/garage.sh start` (or `make test`)";
+const NOT_RUNNING: &str =
+    "Garage is not running: start it with `scripts/garage.sh start` (or `make test`)";
 
 /// The variables `.garage/env` defines, in the order they are applied.
 const VARS: [&str; 5] = [
@@ -45,7 +46,28 @@ pub fn garage() -> (Location, S3Settings) {
         ..S3Settings::default()
     };
     let bucket = var("SLIM_S3_BUCKET").unwrap_or_else(|| "slim-test".into());
-    (Location::S3 { bucket, key: String::new() }, settings)
+    (
+        Location::S3 {
+            bucket,
+            key: String::new(),
+        },
+        settings,
+    )
+}
+
+/// The team's Amazon data folder: `SLIM_DATA_DIR`, else `../shared/data/amazon` beside the
+/// checkout. Panics when it is missing: tests on real data fail loudly rather than skip.
+pub fn amazon_data_dir() -> PathBuf {
+    let dir = match std::env::var_os("SLIM_DATA_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/amazon"),
+    };
+    assert!(
+        dir.is_dir(),
+        "no Amazon data folder at {} (set SLIM_DATA_DIR)",
+        dir.display()
+    );
+    dir
 }
 
 /// A key prefix no other test run uses: `name-<pid>-<nanoseconds>-<counter>`.
@@ -53,7 +75,13 @@ pub fn unique_prefix(name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -136,7 +164,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join(".garage")).unwrap();
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         std::fs::write(dir.path().join(".garage/env"), "x").unwrap();
-        assert_eq!(find_env_file(&dir.path().join("a/b")), Some(dir.path().join(".garage/env")));
+        assert_eq!(
+            find_env_file(&dir.path().join("a/b")),
+            Some(dir.path().join(".garage/env"))
+        );
     }
 
     #[test]

@@ -39,21 +39,33 @@ fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, key: &str
 }
 
 fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
-    assert!(matches!(result, Err(StoreError::InvalidKey { .. })), "{what}: {result:?}");
+    assert!(
+        matches!(result, Err(StoreError::InvalidKey { .. })),
+        "{what}: {result:?}"
+    );
 }
 
 /// The whole contract of [`Store`]; `scratch` is a local directory for source files.
 async fn suite(store: Arc<dyn Store>, scratch: &Path) {
     // Round trip, including an empty object.
-    store.put("a/one.txt", Bytes::from_static(b"hello")).await.unwrap();
+    store
+        .put("a/one.txt", Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
     assert_eq!(store.get("a/one.txt").await.unwrap(), "hello");
     store.put("a/empty", Bytes::new()).await.unwrap();
     assert_eq!(store.get("a/empty").await.unwrap(), "");
 
     // Overwrite replaces the content entirely, longer then shorter.
-    store.put("a/one.txt", Bytes::from_static(b"goodbye, world")).await.unwrap();
+    store
+        .put("a/one.txt", Bytes::from_static(b"goodbye, world"))
+        .await
+        .unwrap();
     assert_eq!(store.get("a/one.txt").await.unwrap(), "goodbye, world");
-    store.put("a/one.txt", Bytes::from_static(b"hi")).await.unwrap();
+    store
+        .put("a/one.txt", Bytes::from_static(b"hi"))
+        .await
+        .unwrap();
     assert_eq!(store.get("a/one.txt").await.unwrap(), "hi");
 
     // Missing objects; a "directory" is not an object.
@@ -80,9 +92,18 @@ async fn suite(store: Arc<dyn Store>, scratch: &Path) {
     assert_eq!(
         teacher,
         vec![
-            ObjectInfo { key: "job/teacher/0001.jsonl".into(), size: 1 },
-            ObjectInfo { key: "job/teacher/0002.jsonl".into(), size: 2 },
-            ObjectInfo { key: "job/teacher/sub/deep/x".into(), size: 3 },
+            ObjectInfo {
+                key: "job/teacher/0001.jsonl".into(),
+                size: 1
+            },
+            ObjectInfo {
+                key: "job/teacher/0002.jsonl".into(),
+                size: 2
+            },
+            ObjectInfo {
+                key: "job/teacher/sub/deep/x".into(),
+                size: 3
+            },
         ]
     );
     assert_eq!(
@@ -104,8 +125,14 @@ async fn suite(store: Arc<dyn Store>, scratch: &Path) {
             "job/teachers.txt"
         ]
     );
-    assert_eq!(keys(&store.list("job").await.unwrap()).last(), Some(&"jobx/y"));
-    assert_eq!(keys(&store.list("job/teacher/sub/deep/x").await.unwrap()), ["job/teacher/sub/deep/x"]);
+    assert_eq!(
+        keys(&store.list("job").await.unwrap()).last(),
+        Some(&"jobx/y")
+    );
+    assert_eq!(
+        keys(&store.list("job/teacher/sub/deep/x").await.unwrap()),
+        ["job/teacher/sub/deep/x"]
+    );
     assert!(store.list("nothing/").await.unwrap().is_empty());
     assert!(store.list("job/teacher/0003").await.unwrap().is_empty());
     assert_eq!(
@@ -125,7 +152,10 @@ async fn suite(store: Arc<dyn Store>, scratch: &Path) {
     // Delete, and deleting what is absent is fine.
     store.delete("job/teacher/0002.jsonl").await.unwrap();
     assert!(!store.exists("job/teacher/0002.jsonl").await.unwrap());
-    assert_not_found(store.get("job/teacher/0002.jsonl").await, "job/teacher/0002.jsonl");
+    assert_not_found(
+        store.get("job/teacher/0002.jsonl").await,
+        "job/teacher/0002.jsonl",
+    );
     assert_eq!(
         keys(&store.list("job/teacher/").await.unwrap()),
         ["job/teacher/0001.jsonl", "job/teacher/sub/deep/x"]
@@ -172,15 +202,27 @@ async fn suite(store: Arc<dyn Store>, scratch: &Path) {
     assert_eq!(
         store.list("big/").await.unwrap(),
         vec![
-            ObjectInfo { key: "big/body.bin".into(), size: big.len() as u64 },
-            ObjectInfo { key: "big/file.bin".into(), size: file_content.len() as u64 },
-            ObjectInfo { key: "big/small.txt".into(), size: 11 },
+            ObjectInfo {
+                key: "big/body.bin".into(),
+                size: big.len() as u64
+            },
+            ObjectInfo {
+                key: "big/file.bin".into(),
+                size: file_content.len() as u64
+            },
+            ObjectInfo {
+                key: "big/small.txt".into(),
+                size: 11
+            },
         ]
     );
 
     // A file that cannot be read uploads nothing and keeps the previous object.
     let missing = scratch.join("does-not-exist.bin");
-    assert!(matches!(store.put_file("big/small.txt", &missing).await, Err(StoreError::Io { .. })));
+    assert!(matches!(
+        store.put_file("big/small.txt", &missing).await,
+        Err(StoreError::Io { .. })
+    ));
     assert!(store.put_file("big/none.bin", &missing).await.is_err());
     assert!(!store.exists("big/none.bin").await.unwrap());
     assert_eq!(store.get("big/small.txt").await.unwrap(), "small file\n");
@@ -191,6 +233,7 @@ async fn suite(store: Arc<dyn Store>, scratch: &Path) {
 /// Readers racing a writer only ever see a complete old or complete new object, and listing
 /// shows the final key alone (no temporary objects).
 async fn concurrent_overwrites_are_atomic(store: Arc<dyn Store>) {
+    const ROUNDS: usize = 12;
     let len = 3 * MIB;
     let versions = [Bytes::from(vec![b'a'; len]), Bytes::from(vec![b'b'; len])];
     store.put("race/obj", versions[0].clone()).await.unwrap();
@@ -199,8 +242,11 @@ async fn concurrent_overwrites_are_atomic(store: Arc<dyn Store>) {
         let store = store.clone();
         let versions = versions.clone();
         tokio::spawn(async move {
-            for round in 0..12 {
-                store.put("race/obj", versions[(round + 1) % 2].clone()).await.unwrap();
+            for round in 0..ROUNDS {
+                store
+                    .put("race/obj", versions[(round + 1) % 2].clone())
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -208,21 +254,31 @@ async fn concurrent_overwrites_are_atomic(store: Arc<dyn Store>) {
     while !writer.is_finished() || reads < 5 {
         let body = store.get("race/obj").await.unwrap();
         assert_eq!(body.len(), len, "a reader saw a partial object");
-        assert!(body == versions[0] || body == versions[1], "a reader saw mixed content");
+        assert!(
+            body == versions[0] || body == versions[1],
+            "a reader saw mixed content"
+        );
         assert_eq!(keys(&store.list("race/").await.unwrap()), ["race/obj"]);
         reads += 1;
     }
     writer.await.unwrap();
-    assert_eq!(store.get("race/obj").await.unwrap(), versions[1]);
+    // The last round wrote version ROUNDS % 2.
+    assert!(
+        store.get("race/obj").await.unwrap() == versions[ROUNDS % 2],
+        "the last write did not win"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store() {
     let root = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let store = store::open(&Location::Local(root.path().join("out")), &S3Settings::default())
-        .await
-        .unwrap();
+    let store = store::open(
+        &Location::Local(root.path().join("out")),
+        &S3Settings::default(),
+    )
+    .await
+    .unwrap();
     suite(store, scratch.path()).await;
 }
 
@@ -232,14 +288,23 @@ async fn local_store() {
 async fn local_failed_write_leaves_nothing() {
     let root = tempfile::tempdir().unwrap();
     let store = LocalStore::new(root.path().to_path_buf());
-    store.put("job/keep", Bytes::from_static(b"old")).await.unwrap();
+    store
+        .put("job/keep", Bytes::from_static(b"old"))
+        .await
+        .unwrap();
 
     // Opening a directory succeeds but reading it fails: the copy dies after the temporary
     // file was created.
     let unreadable = tempfile::tempdir().unwrap();
-    let err = store.put_file("job/new", unreadable.path()).await.unwrap_err();
+    let err = store
+        .put_file("job/new", unreadable.path())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
-    let err = store.put_file("job/keep", unreadable.path()).await.unwrap_err();
+    let err = store
+        .put_file("job/keep", unreadable.path())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
 
     assert!(!store.exists("job/new").await.unwrap());
@@ -297,8 +362,15 @@ async fn garage_s3_store() {
             .send()
             .await
             .unwrap();
-        let etag = head.e_tag().unwrap_or_default().trim_matches('"').to_string();
-        assert!(etag.ends_with("-3"), "{key}: ETag {etag} is not from a 3-part upload");
+        let etag = head
+            .e_tag()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string();
+        assert!(
+            etag.ends_with("-3"),
+            "{key}: ETag {etag} is not from a 3-part upload"
+        );
     }
     let small = s3
         .client()
@@ -308,7 +380,10 @@ async fn garage_s3_store() {
         .send()
         .await
         .unwrap();
-    assert!(!small.e_tag().unwrap_or_default().contains('-'), "small files go up in one PUT");
+    assert!(
+        !small.e_tag().unwrap_or_default().contains('-'),
+        "small files go up in one PUT"
+    );
     let open = s3
         .client()
         .list_multipart_uploads()
@@ -317,7 +392,11 @@ async fn garage_s3_store() {
         .send()
         .await
         .unwrap();
-    assert!(open.uploads().is_empty(), "multipart uploads left open: {:?}", open.uploads());
+    assert!(
+        open.uploads().is_empty(),
+        "multipart uploads left open: {:?}",
+        open.uploads()
+    );
 
     // Pagination: two keys a page gives the same listing.
     let paged = S3Store::connect(&bucket, &prefix, &settings)
@@ -327,13 +406,22 @@ async fn garage_s3_store() {
     let all = store.list("").await.unwrap();
     assert!(all.len() > 4, "{all:?}");
     assert_eq!(paged.list("").await.unwrap(), all);
-    assert_eq!(paged.list("job/").await.unwrap(), store.list("job/").await.unwrap());
+    assert_eq!(
+        paged.list("job/").await.unwrap(),
+        store.list("job/").await.unwrap()
+    );
 
     // A sibling prefix sharing our name's start is not listed.
-    let sibling = S3Store::connect(&bucket, &format!("{prefix}x"), &settings).await.unwrap();
+    let sibling = S3Store::connect(&bucket, &format!("{prefix}x"), &settings)
+        .await
+        .unwrap();
     sibling.put("leak", Bytes::from_static(b"x")).await.unwrap();
     assert!(!keys(&store.list("").await.unwrap()).contains(&"leak"));
-    assert!(keys(&store.list("").await.unwrap()).iter().all(|k| !k.starts_with('/')));
+    assert!(
+        keys(&store.list("").await.unwrap())
+            .iter()
+            .all(|k| !k.starts_with('/'))
+    );
     sibling.delete("leak").await.unwrap();
 
     // Clean up, which also checks that deleting everything leaves nothing.
@@ -341,7 +429,10 @@ async fn garage_s3_store() {
         store.delete(&object.key).await.unwrap();
     }
     assert!(store.list("").await.unwrap().is_empty());
-    eprintln!("garage store suite: {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "garage store suite: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,9 +440,12 @@ async fn garage_streams_objects_to_blocking_readers() {
     let (s3, settings, _prefix) = garage_store("store-reader").await;
     let content = pattern(7 * MIB + 3, 11);
     s3.put("stream/blob.bin", content.clone()).await.unwrap();
-    s3.put("stream/lines.txt", Bytes::from_static(b"first\nsecond\r\nthird"))
-        .await
-        .unwrap();
+    s3.put(
+        "stream/lines.txt",
+        Bytes::from_static(b"first\nsecond\r\nthird"),
+    )
+    .await
+    .unwrap();
 
     let blob = s3.location("stream/blob.bin");
     let lines = s3.location("stream/lines.txt");
@@ -377,7 +471,10 @@ async fn garage_streams_objects_to_blocking_readers() {
                 text.push(line.to_string());
             }
 
-            let missing_error = format!("{:#}", blocking_object_reader(&missing, &settings).err().unwrap());
+            let missing_error = format!(
+                "{:#}",
+                blocking_object_reader(&missing, &settings).err().unwrap()
+            );
             (read, text, missing_error)
         }
     })
@@ -407,7 +504,10 @@ async fn garage_errors_name_the_uri() {
     let store = S3Store::connect(&nobucket, "p", &settings).await.unwrap();
     let err = store.get("k").await.unwrap_err();
     assert!(matches!(err, StoreError::Remote { .. }), "{err:?}");
-    assert!(err.to_string().contains(&format!("s3://{nobucket}/p/k")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("s3://{nobucket}/p/k")),
+        "{err}"
+    );
 
     // Wrong credentials are refused, and the message names the object.
     // (The access key id doubles as a wrong secret, so no environment variable is changed.)
@@ -418,7 +518,10 @@ async fn garage_errors_name_the_uri() {
     let store = S3Store::connect(&bucket, "p", &wrong).await.unwrap();
     let err = store.put("k", Bytes::from_static(b"x")).await.unwrap_err();
     assert!(matches!(err, StoreError::Remote { .. }), "{err:?}");
-    assert!(err.to_string().contains(&format!("s3://{bucket}/p/k")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("s3://{bucket}/p/k")),
+        "{err}"
+    );
 
     // Unset credential variables are named, and no client is built.
     let unset = S3Settings {
@@ -426,5 +529,67 @@ async fn garage_errors_name_the_uri() {
         ..settings
     };
     let err = S3Store::connect(&bucket, "p", &unset).await.unwrap_err();
-    assert!(err.to_string().contains("SLIM_TEST_STORE_UNSET_ACCESS_KEY"), "{err}");
+    assert!(
+        err.to_string().contains("SLIM_TEST_STORE_UNSET_ACCESS_KEY"),
+        "{err}"
+    );
+}
+
+/// A multipart upload that is cancelled half-way (its future dropped) is aborted on the
+/// server: no upload stays open and no object appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_cancelled_multipart_upload_is_aborted() {
+    let (s3, _settings, prefix) = garage_store("store-cancel").await;
+    let s3 = Arc::new(s3);
+    let open_uploads = |s3: Arc<S3Store>| {
+        let prefix = format!("{prefix}/");
+        async move {
+            s3.client()
+                .list_multipart_uploads()
+                .bucket(s3.bucket())
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap()
+                .uploads()
+                .len()
+        }
+    };
+    let body = pattern(40 * MIB, 5);
+    let mut cancelled = false;
+    for _attempt in 0..3 {
+        let upload = tokio::spawn({
+            let (s3, body) = (s3.clone(), body.clone());
+            async move { s3.put("cancel/big.bin", body).await }
+        });
+        // Cancel as soon as the server has the upload open.
+        while !upload.is_finished() && open_uploads(s3.clone()).await == 0 {
+            tokio::task::yield_now().await;
+        }
+        if upload.is_finished() {
+            // Too fast to catch this time: clean up and try again.
+            upload.await.unwrap().unwrap();
+            s3.delete("cancel/big.bin").await.unwrap();
+            continue;
+        }
+        upload.abort();
+        assert!(upload.await.unwrap_err().is_cancelled());
+        cancelled = true;
+        break;
+    }
+    assert!(
+        cancelled,
+        "the upload always finished before it could be cancelled"
+    );
+
+    // The abort runs in the background; give it a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open_uploads(s3.clone()).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled upload was never aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!s3.exists("cancel/big.bin").await.unwrap());
 }

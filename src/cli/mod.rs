@@ -13,7 +13,11 @@ use std::process::ExitCode;
 pub const DEMO_MANIFEST: &str = include_str!("../../jobs/demo.toml");
 
 #[derive(Parser, Debug)]
-#[command(name = "slim", version, about = "Distil an LLM's recommendation reasoning into a small model and use it to improve sequential recommenders.")]
+#[command(
+    name = "slim",
+    version,
+    about = "Distil an LLM's recommendation reasoning into a small model and use it to improve sequential recommenders."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -133,18 +137,30 @@ pub fn init_logging(args: &LogArgs) {
 pub async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Validate { file } => validate(&file),
-        Command::Prepare { file, overrides, quiet } => {
+        Command::Prepare {
+            file,
+            overrides,
+            quiet,
+        } => {
             let mut loaded = load(&file)?;
             overrides.apply(&mut loaded)?;
             prepare::run(&loaded, !quiet).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, overrides, quiet } => {
+        Command::Run {
+            file,
+            overrides,
+            quiet,
+        } => {
             let mut loaded = match file {
                 Some(file) => load(&file)?,
-                None => LoadedManifest::from_str(DEMO_MANIFEST, "<built-in demo>", PathBuf::from("jobs"))
-                    .map_err(|problems| anyhow::anyhow!("{problems}"))
-                    .context("the built-in demo manifest expects to run from the repository root")?,
+                None => LoadedManifest::from_str(
+                    DEMO_MANIFEST,
+                    "<built-in demo>",
+                    PathBuf::from("jobs"),
+                )
+                .map_err(|problems| anyhow::anyhow!("{problems}"))
+                .context("the built-in demo manifest expects to run from the repository root")?,
             };
             overrides.apply(&mut loaded)?;
             prepare::run(&loaded, !quiet).await?;

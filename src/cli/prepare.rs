@@ -26,10 +26,16 @@ pub async fn run(loaded: &LoadedManifest, progress: bool) -> Result<prepare::Sum
         d.sequence_length.max
     );
     if summary.ingest.skipped_lines > 0 {
-        println!("prepare: skipped {} malformed lines (see data/summary.json)", summary.ingest.skipped_lines);
+        println!(
+            "prepare: skipped {} malformed lines (see data/summary.json)",
+            summary.ingest.skipped_lines
+        );
     }
     if summary.items_without_meta > 0 {
-        println!("prepare: {} items have no meta and use their id as text", summary.items_without_meta);
+        println!(
+            "prepare: {} items have no meta and use their id as text",
+            summary.items_without_meta
+        );
     }
     println!(
         "prepare: wrote {}",

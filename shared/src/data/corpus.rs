@@ -50,11 +50,11 @@ const SKIPPED_EXAMPLES: usize = 10;
 pub struct CorpusBuilder {
     users: Interner,
     items: Interner,
-    user: Vec<u32>,
+    user_runs: Vec<UserRun>,
     item: Vec<u32>,
     /// Timestamps, when the source has them; otherwise file order is time order.
     time: Option<Vec<f64>>,
-    meta: Vec<Option<ItemMeta>>,
+    meta: MetaTable,
     on_error: OnError,
     stats: IngestStats,
 }
@@ -64,7 +64,7 @@ impl std::fmt::Debug for CorpusBuilder {
         f.debug_struct("CorpusBuilder")
             .field("users", &self.users.len())
             .field("items", &self.items.len())
-            .field("interactions", &self.user.len())
+            .field("interactions", &self.item.len())
             .field("timed", &self.time.is_some())
             .field("stats", &self.stats)
             .finish()
@@ -78,10 +78,10 @@ impl CorpusBuilder {
         Self {
             users: Interner::new(),
             items: Interner::new(),
-            user: Vec::new(),
+            user_runs: Vec::new(),
             item: Vec::new(),
             time: timed.then(Vec::new),
-            meta: Vec::new(),
+            meta: MetaTable::default(),
             on_error,
             stats: IngestStats::default(),
         }
@@ -95,7 +95,10 @@ impl CorpusBuilder {
     pub fn push(&mut self, user: &str, item: &str, time: Option<f64>) {
         let u = self.users.intern(user);
         let i = self.items.intern(item);
-        self.user.push(u);
+        match self.user_runs.last_mut() {
+            Some(run) if run.user == u => run.len += 1,
+            _ => self.user_runs.push(UserRun { user: u, len: 1 }),
+        }
         self.item.push(i);
         if let Some(times) = &mut self.time {
             times.push(time.expect("a timed corpus needs a timestamp for every interaction"));
@@ -107,11 +110,7 @@ impl CorpusBuilder {
     pub fn set_meta(&mut self, item: &str, meta: ItemMeta) -> bool {
         match self.items.lookup(item) {
             Some(i) => {
-                let i = i as usize;
-                if self.meta.len() <= i {
-                    self.meta.resize(self.items.len(), None);
-                }
-                self.meta[i] = Some(meta);
+                self.meta.set(i as usize, &meta);
                 true
             }
             None => {
@@ -135,7 +134,11 @@ impl CorpusBuilder {
     }
 
     /// Applies the error policy to a malformed line: `Err` under `fail`, a counted skip under `skip`.
-    pub fn malformed(&mut self, reader: &LineReader, message: impl Into<String>) -> Result<(), SourceError> {
+    pub fn malformed(
+        &mut self,
+        reader: &LineReader,
+        message: impl Into<String>,
+    ) -> Result<(), SourceError> {
         let error = reader.error(message);
         match self.on_error {
             OnError::Fail => Err(error),
@@ -151,11 +154,11 @@ impl CorpusBuilder {
     }
 
     pub fn finish(mut self) -> Corpus {
-        self.meta.resize(self.items.len(), None);
+        self.meta.ensure_len(self.items.len());
         Corpus {
             users: self.users,
             items: self.items,
-            user: self.user,
+            user_runs: self.user_runs,
             item: self.item,
             time: self.time,
             meta: self.meta,
@@ -168,17 +171,203 @@ impl CorpusBuilder {
 pub struct Corpus {
     pub users: Interner,
     pub items: Interner,
-    /// Interaction columns, in file order.
-    pub user: Vec<u32>,
+    /// Interaction columns, in file order. The user column is run-length encoded: most files
+    /// list a user's interactions together, which makes it nearly free.
+    pub user_runs: Vec<UserRun>,
     pub item: Vec<u32>,
     pub time: Option<Vec<f64>>,
     /// Indexed by item index; `None` where the source had no meta record.
-    pub meta: Vec<Option<ItemMeta>>,
+    pub meta: MetaTable,
     pub stats: IngestStats,
+}
+
+/// `len` consecutive interactions of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRun {
+    pub user: u32,
+    pub len: u32,
 }
 
 impl Corpus {
     pub fn interactions(&self) -> usize {
-        self.user.len()
+        self.item.len()
+    }
+
+    /// The user of each interaction, in file order.
+    pub fn user_column(&self) -> impl Iterator<Item = u32> + '_ {
+        self.user_runs
+            .iter()
+            .flat_map(|run| std::iter::repeat_n(run.user, run.len as usize))
+    }
+
+    /// The meta of an item by its source id (`None` for unknown ids and items without meta).
+    pub fn meta_of(&self, item: &str) -> Option<ItemMeta> {
+        self.meta.get(self.items.lookup(item)? as usize)
+    }
+
+    /// (user id, item id, time) of each interaction in file order: for tests and debugging.
+    pub fn triples(&self) -> Vec<(String, String, Option<f64>)> {
+        self.user_column()
+            .enumerate()
+            .map(|(k, user)| {
+                (
+                    self.users.get(user).to_string(),
+                    self.items.get(self.item[k]).to_string(),
+                    self.time.as_ref().map(|t| t[k]),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Item meta for every item, all text in one arena: a meta record costs 16 bytes plus its text,
+/// instead of four heap strings with their headers and allocator overhead per item.
+#[derive(Debug, Default)]
+pub struct MetaTable {
+    text: String,
+    entries: Vec<MetaEntry>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct MetaEntry {
+    start: u64,
+    len: u32,
+    /// `PRESENT` plus one bit per optional field that is `Some`.
+    flags: u8,
+}
+
+const PRESENT: u8 = 1;
+const HAS_TITLE: u8 = 2;
+const HAS_BRAND: u8 = 4;
+const HAS_DESCRIPTION: u8 = 8;
+/// Separates fields, and categories within their field. Control characters are stripped from
+/// the text first, so they cannot clash.
+const FIELD: char = '\u{1e}';
+const CATEGORY: char = '\u{1f}';
+
+impl MetaTable {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn ensure_len(&mut self, len: usize) {
+        if self.entries.len() < len {
+            self.entries.resize(len, MetaEntry::default());
+        }
+    }
+
+    /// Stores `meta` for item `index`, replacing what was there (the old text stays in the
+    /// arena: replacing is rare, a duplicate meta line).
+    pub fn set(&mut self, index: usize, meta: &ItemMeta) {
+        self.ensure_len(index + 1);
+        let start = self.text.len();
+        let mut flags = PRESENT;
+        let push = |text: &mut String, value: &str| {
+            text.extend(value.chars().filter(|c| !c.is_control()));
+        };
+        if let Some(title) = &meta.title {
+            flags |= HAS_TITLE;
+            push(&mut self.text, title);
+        }
+        self.text.push(FIELD);
+        if let Some(brand) = &meta.brand {
+            flags |= HAS_BRAND;
+            push(&mut self.text, brand);
+        }
+        self.text.push(FIELD);
+        for (k, category) in meta.categories.iter().enumerate() {
+            if k > 0 {
+                self.text.push(CATEGORY);
+            }
+            push(&mut self.text, category);
+        }
+        self.text.push(FIELD);
+        if let Some(description) = &meta.description {
+            flags |= HAS_DESCRIPTION;
+            push(&mut self.text, description);
+        }
+        let len = u32::try_from(self.text.len() - start).expect("one item's meta is under 4 GiB");
+        self.entries[index] = MetaEntry {
+            start: start as u64,
+            len,
+            flags,
+        };
+    }
+
+    pub fn has(&self, index: usize) -> bool {
+        self.entries
+            .get(index)
+            .is_some_and(|e| e.flags & PRESENT != 0)
+    }
+
+    /// The meta of item `index`, or `None` when the source had none.
+    pub fn get(&self, index: usize) -> Option<ItemMeta> {
+        let entry = *self.entries.get(index)?;
+        if entry.flags & PRESENT == 0 {
+            return None;
+        }
+        let start = entry.start as usize;
+        let text = &self.text[start..start + entry.len as usize];
+        let mut fields = text.split(FIELD);
+        let mut next = |flag: u8| {
+            let value = fields.next().unwrap_or_default();
+            (flag == 0 || entry.flags & flag != 0).then(|| value.to_string())
+        };
+        let title = next(HAS_TITLE);
+        let brand = next(HAS_BRAND);
+        let categories = next(0).unwrap_or_default();
+        let description = next(HAS_DESCRIPTION);
+        Some(ItemMeta {
+            title,
+            brand,
+            categories: if categories.is_empty() {
+                Vec::new()
+            } else {
+                categories.split(CATEGORY).map(str::to_string).collect()
+            },
+            description,
+        })
+    }
+
+    /// Every item's meta in index order.
+    pub fn iter(&self) -> impl Iterator<Item = Option<ItemMeta>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_table_round_trips_every_shape() {
+        let full = ItemMeta {
+            title: Some("Zelda\u{1e}".into()),
+            brand: Some(String::new()),
+            categories: vec!["Games".into(), "".into(), "Switch".into()],
+            description: Some("An \"adventure\"".into()),
+        };
+        let empty = ItemMeta::default();
+        let mut table = MetaTable::default();
+        table.set(2, &full);
+        table.set(0, &empty);
+        table.ensure_len(4);
+        let expected_full = ItemMeta {
+            title: Some("Zelda".into()),
+            ..full.clone()
+        };
+        assert_eq!(table.get(2), Some(expected_full));
+        assert_eq!(table.get(0), Some(ItemMeta::default()));
+        assert_eq!(table.get(1), None);
+        assert_eq!(table.get(3), None);
+        assert_eq!(table.get(9), None);
+        assert!(table.has(0) && !table.has(1));
+        table.set(2, &empty);
+        assert_eq!(table.get(2), Some(ItemMeta::default()));
+        assert_eq!(table.iter().filter(Option::is_some).count(), 2);
     }
 }

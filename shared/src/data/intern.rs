@@ -44,7 +44,10 @@ impl Interner {
     /// The index of `id`, interning it first if it is new.
     pub fn intern(&mut self, id: &str) -> u32 {
         let hash = self.hasher.hash_one(id);
-        if let Some(&i) = self.table.find(hash, |&i| get(&self.arena, &self.ends, i) == id) {
+        if let Some(&i) = self
+            .table
+            .find(hash, |&i| get(&self.arena, &self.ends, i) == id)
+        {
             return i;
         }
         let index = u32::try_from(self.ends.len()).expect("more than u32::MAX distinct ids");

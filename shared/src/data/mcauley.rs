@@ -66,12 +66,12 @@ fn json_message(error: &serde_json::Error) -> String {
 }
 
 /// Reads a review file into a timed builder.
-pub fn read_reviews(reader: &mut LineReader, on_error: OnError) -> Result<CorpusBuilder, SourceError> {
+pub fn read_reviews(
+    reader: &mut LineReader,
+    on_error: OnError,
+) -> Result<CorpusBuilder, SourceError> {
     let mut builder = CorpusBuilder::new(true, on_error);
-    loop {
-        let Some(line) = reader.next_line()? else {
-            break;
-        };
+    while let Some(line) = reader.next_line()? {
         if line.trim().is_empty() {
             continue;
         }
@@ -79,9 +79,15 @@ pub fn read_reviews(reader: &mut LineReader, on_error: OnError) -> Result<Corpus
         let outcome = match serde_json::from_str::<Review>(line) {
             Ok(review) if review.reviewer_id.is_empty() => Err("empty `reviewerID`".to_string()),
             Ok(review) if review.asin.is_empty() => Err("empty `asin`".to_string()),
-            Ok(review) if !review.unix_review_time.is_finite() => Err("bad `unixReviewTime`".to_string()),
+            Ok(review) if !review.unix_review_time.is_finite() => {
+                Err("bad `unixReviewTime`".to_string())
+            }
             Ok(review) => {
-                builder.push(&review.reviewer_id, &review.asin, Some(review.unix_review_time));
+                builder.push(
+                    &review.reviewer_id,
+                    &review.asin,
+                    Some(review.unix_review_time),
+                );
                 Ok(())
             }
             Err(e) => Err(format!("bad review record: {}", json_message(&e))),
@@ -102,10 +108,7 @@ enum MetaLine<'a> {
 
 /// Reads a meta file (2014 Python literals or 2018 JSON, mixed freely) into the builder.
 pub fn read_meta(reader: &mut LineReader, builder: &mut CorpusBuilder) -> Result<(), SourceError> {
-    loop {
-        let Some(line) = reader.next_line()? else {
-            break;
-        };
+    while let Some(line) = reader.next_line()? {
         if line.trim().is_empty() {
             continue;
         }
@@ -131,7 +134,10 @@ pub fn read_meta(reader: &mut LineReader, builder: &mut CorpusBuilder) -> Result
 fn meta_line<'a>(line: &'a str, builder: &CorpusBuilder) -> Result<MetaLine<'a>, String> {
     let body = line.trim();
     let Some(inside) = body.strip_prefix('{') else {
-        return Err("expected a meta record: a JSON object or a Python dict literal starting with '{'".to_string());
+        return Err(
+            "expected a meta record: a JSON object or a Python dict literal starting with '{'"
+                .to_string(),
+        );
     };
     let mut json_error = None;
     if inside.trim_start().starts_with(['"', '}']) {
@@ -143,8 +149,8 @@ fn meta_line<'a>(line: &'a str, builder: &CorpusBuilder) -> Result<MetaLine<'a>,
                 if !builder.knows_item(&asin) {
                     return Ok(MetaLine::Unused(asin));
                 }
-                let record: Map<String, Value> =
-                    serde_json::from_str(body).map_err(|e| format!("bad meta record: {}", json_message(&e)))?;
+                let record: Map<String, Value> = serde_json::from_str(body)
+                    .map_err(|e| format!("bad meta record: {}", json_message(&e)))?;
                 return Ok(MetaLine::Meta(asin.into_owned(), meta_from_record(&record)));
             }
             Err(e) if e.classify() == serde_json::error::Category::Data => {
@@ -179,7 +185,12 @@ fn meta_line<'a>(line: &'a str, builder: &CorpusBuilder) -> Result<MetaLine<'a>,
 
 /// Builds item meta from a 2014 or 2018 record (see the module docs for the cleanup rules).
 fn meta_from_record(record: &Map<String, Value>) -> ItemMeta {
-    let string = |key: &str| record.get(key).and_then(Value::as_str).and_then(text::clean);
+    let string = |key: &str| {
+        record
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(text::clean)
+    };
     let title = string("title").filter(|t| !is_junk_title(t));
     let brand = string("brand");
     let mut categories = Vec::new();
@@ -190,7 +201,9 @@ fn meta_from_record(record: &Map<String, Value>) -> ItemMeta {
             // 2018: one path.
             _ => push_categories(entries, &mut categories),
         },
-        Some(Value::String(one)) => categories.extend(text::clean(one).filter(|c| !looks_like_html(c))),
+        Some(Value::String(one)) => {
+            categories.extend(text::clean(one).filter(|c| !looks_like_html(c)))
+        }
         _ => {}
     }
     if categories.is_empty()
@@ -241,10 +254,8 @@ pub fn is_junk_title(title: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Corpus;
     use flate2::{Compression, write::GzEncoder};
     use std::io::Write;
-    use std::path::PathBuf;
 
     fn reader(name: &str, text: &str) -> LineReader {
         LineReader::new(name, std::io::Cursor::new(text.as_bytes().to_vec())).unwrap()
@@ -254,22 +265,6 @@ mod tests {
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(text.as_bytes()).unwrap();
         LineReader::new(name, std::io::Cursor::new(gz.finish().unwrap())).unwrap()
-    }
-
-    fn rows(corpus: &Corpus) -> Vec<(String, String, Option<f64>)> {
-        (0..corpus.interactions())
-            .map(|k| {
-                (
-                    corpus.users.get(corpus.user[k]).to_string(),
-                    corpus.items.get(corpus.item[k]).to_string(),
-                    corpus.time.as_ref().map(|t| t[k]),
-                )
-            })
-            .collect()
-    }
-
-    fn meta_of<'c>(corpus: &'c Corpus, item: &str) -> Option<&'c ItemMeta> {
-        corpus.meta[corpus.items.lookup(item).unwrap() as usize].as_ref()
     }
 
     fn triple(user: &str, item: &str, time: f64) -> (String, String, Option<f64>) {
@@ -294,11 +289,14 @@ mod tests {
 
     #[test]
     fn reads_reviews_plain_and_gzip_keeping_duplicates() {
-        for mut r in [reader("r.json", REVIEWS_2018), gz_reader("r.json.gz", REVIEWS_2018)] {
+        for mut r in [
+            reader("r.json", REVIEWS_2018),
+            gz_reader("r.json.gz", REVIEWS_2018),
+        ] {
             let builder = read_reviews(&mut r, OnError::Fail).unwrap();
             assert!(builder.is_timed());
             let corpus = builder.finish();
-            assert_eq!(rows(&corpus), review_rows());
+            assert_eq!(corpus.triples(), review_rows());
             assert_eq!(corpus.stats.interaction_lines, 4);
             assert_eq!((corpus.users.len(), corpus.items.len()), (2, 2));
         }
@@ -307,8 +305,10 @@ mod tests {
     #[test]
     fn review_ids_with_escapes_are_decoded() {
         let text = r#"{"reviewerID": "A\u0031", "asin": "B\/1", "unixReviewTime": 5}"#;
-        let corpus = read_reviews(&mut reader("r.json", text), OnError::Fail).unwrap().finish();
-        assert_eq!(rows(&corpus), [triple("A1", "B/1", 5.0)]);
+        let corpus = read_reviews(&mut reader("r.json", text), OnError::Fail)
+            .unwrap()
+            .finish();
+        assert_eq!(corpus.triples(), [triple("A1", "B/1", 5.0)]);
     }
 
     const BAD_REVIEWS: &str = r#"{"reviewerID": "U1", "asin": "I1", "unixReviewTime": 1}
@@ -322,7 +322,9 @@ mod tests {
 
     #[test]
     fn malformed_reviews_fail_naming_file_line_and_field() {
-        let err = read_reviews(&mut reader("bad.json", BAD_REVIEWS), OnError::Fail).unwrap_err();
+        let err = read_reviews(&mut reader("bad.json", BAD_REVIEWS), OnError::Fail)
+            .map(drop)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "bad.json: line 2: bad review record: missing field `asin` at column 41"
@@ -331,15 +333,29 @@ mod tests {
 
     #[test]
     fn malformed_reviews_are_skipped_and_counted() {
-        let corpus = read_reviews(&mut gz_reader("bad.json.gz", BAD_REVIEWS), OnError::Skip).unwrap().finish();
-        assert_eq!(rows(&corpus), [triple("U1", "I1", 1.0), triple("U2", "I7", 7.0)]);
+        let corpus = read_reviews(&mut gz_reader("bad.json.gz", BAD_REVIEWS), OnError::Skip)
+            .unwrap()
+            .finish();
+        assert_eq!(
+            corpus.triples(),
+            [triple("U1", "I1", 1.0), triple("U2", "I7", 7.0)]
+        );
         assert_eq!(corpus.stats.interaction_lines, 7);
         assert_eq!(corpus.stats.skipped_lines, 5);
         let examples = &corpus.stats.skipped_examples;
-        assert!(examples[0].starts_with("bad.json.gz: line 2: bad review record: missing field `asin`"));
-        assert!(examples[1].starts_with("bad.json.gz: line 3: bad review record: invalid type: string \"3\""));
-        assert!(examples[2].starts_with("bad.json.gz: line 4: bad review record: EOF while parsing"));
-        assert!(examples[3].starts_with("bad.json.gz: line 5: bad review record: key must be a string"));
+        assert!(
+            examples[0].starts_with("bad.json.gz: line 2: bad review record: missing field `asin`")
+        );
+        assert!(
+            examples[1]
+                .starts_with("bad.json.gz: line 3: bad review record: invalid type: string \"3\"")
+        );
+        assert!(
+            examples[2].starts_with("bad.json.gz: line 4: bad review record: EOF while parsing")
+        );
+        assert!(
+            examples[3].starts_with("bad.json.gz: line 5: bad review record: key must be a string")
+        );
         assert_eq!(examples[4], "bad.json.gz: line 6: empty `reviewerID`");
     }
 
@@ -369,30 +385,37 @@ mod tests {
     #[test]
     fn reads_2014_python_literal_meta() {
         let mut builder = builder_with(&["0000031852", "0000032034", "B00NOTITLE", "B00NOMETA"]);
-        for mut r in [reader("meta.json", META_2014), gz_reader("meta.json.gz", META_2014)] {
+        for mut r in [
+            reader("meta.json", META_2014),
+            gz_reader("meta.json.gz", META_2014),
+        ] {
             read_meta(&mut r, &mut builder).unwrap();
         }
         let corpus = builder.finish();
         assert_eq!(
-            meta_of(&corpus, "0000031852"),
-            Some(&ItemMeta {
+            corpus.meta_of("0000031852"),
+            Some(ItemMeta {
                 title: Some("Girls' Ballet Tutu Zebra Hot Pink".to_string()),
                 brand: None,
-                categories: vec!["Sports & Outdoors".to_string(), "Other Sports".to_string(), "Dance".to_string()],
+                categories: vec![
+                    "Sports & Outdoors".to_string(),
+                    "Other Sports".to_string(),
+                    "Dance".to_string()
+                ],
                 description: Some("A 'tutu'".to_string()),
             })
         );
         assert_eq!(
-            meta_of(&corpus, "0000032034"),
-            Some(&ItemMeta {
+            corpus.meta_of("0000032034"),
+            Some(ItemMeta {
                 title: Some("Adult Ballet Tutu Yellow".to_string()),
                 brand: Some("BubuBibi".to_string()),
                 categories: vec!["Sports & Outdoors".to_string()],
                 description: Some("Café – tutu".to_string()),
             })
         );
-        assert_eq!(meta_of(&corpus, "B00NOTITLE"), Some(&ItemMeta::default()));
-        assert_eq!(meta_of(&corpus, "B00NOMETA"), None);
+        assert_eq!(corpus.meta_of("B00NOTITLE"), Some(ItemMeta::default()));
+        assert_eq!(corpus.meta_of("B00NOMETA"), None);
         assert_eq!(corpus.stats.meta_lines, 8);
         assert_eq!(corpus.stats.meta_unused, 2);
         assert_eq!(corpus.stats.skipped_lines, 0);
@@ -407,11 +430,15 @@ mod tests {
     #[test]
     fn reads_2018_json_meta() {
         let mut builder = builder_with(&["B001BKEWF2", "B00JUNK", "B00HTMLCAT"]);
-        read_meta(&mut gz_reader("meta_Gift_Cards.json.gz", META_2018), &mut builder).unwrap();
+        read_meta(
+            &mut gz_reader("meta_Gift_Cards.json.gz", META_2018),
+            &mut builder,
+        )
+        .unwrap();
         let corpus = builder.finish();
         assert_eq!(
-            meta_of(&corpus, "B001BKEWF2"),
-            Some(&ItemMeta {
+            corpus.meta_of("B001BKEWF2"),
+            Some(ItemMeta {
                 title: Some("Serendipity 3 $100.00 Gift Card".to_string()),
                 brand: Some("Serendipity 3".to_string()),
                 categories: vec!["Gift Cards".to_string()],
@@ -419,15 +446,15 @@ mod tests {
             })
         );
         assert_eq!(
-            meta_of(&corpus, "B00JUNK"),
-            Some(&ItemMeta {
+            corpus.meta_of("B00JUNK"),
+            Some(ItemMeta {
                 title: None,
                 brand: None,
                 categories: vec!["Video Games".to_string()],
                 description: Some("One string & more".to_string()),
             })
         );
-        let html = meta_of(&corpus, "B00HTMLCAT").unwrap();
+        let html = corpus.meta_of("B00HTMLCAT").unwrap();
         assert!(html.categories.is_empty());
         assert_eq!(corpus.stats.meta_unused, 1);
         assert_eq!(corpus.stats.meta_lines, 4);
@@ -438,20 +465,24 @@ mod tests {
         // Starts like JSON but holds a Python string; JSON fails, Python reads it.
         let mixed = r#"{"asin": "B1", "title": 'It\'s mixed', "categories": [["A", "B"], ["C"]]}"#;
         // Strict JSON with the 2014 field names.
-        let json2014 = r#"{"asin": "B2", "title": "T", "categories": [["X &amp; Y"]], "description": "D"}"#;
+        let json2014 =
+            r#"{"asin": "B2", "title": "T", "categories": [["X &amp; Y"]], "description": "D"}"#;
         // Python with u'' prefixes and a key before the asin.
         let unicode = r#"{u'title': u'Pok\xe9mon', u'asin': u'B3'}"#;
         let text = format!("{mixed}\n{json2014}\n{unicode}\n");
         let mut builder = builder_with(&["B1", "B2", "B3"]);
         read_meta(&mut reader("m.json", &text), &mut builder).unwrap();
         let corpus = builder.finish();
-        let m1 = meta_of(&corpus, "B1").unwrap();
+        let m1 = corpus.meta_of("B1").unwrap();
         assert_eq!(m1.title.as_deref(), Some("It's mixed"));
         assert_eq!(m1.categories, ["A", "B"]);
-        let m2 = meta_of(&corpus, "B2").unwrap();
+        let m2 = corpus.meta_of("B2").unwrap();
         assert_eq!(m2.categories, ["X & Y"]);
         assert_eq!(m2.description.as_deref(), Some("D"));
-        assert_eq!(meta_of(&corpus, "B3").unwrap().title.as_deref(), Some("Pokémon"));
+        assert_eq!(
+            corpus.meta_of("B3").unwrap().title.as_deref(),
+            Some("Pokémon")
+        );
     }
 
     const BAD_META: &str = r#"{'asin': 'K1', 'title': 'good'}
@@ -480,24 +511,38 @@ not a record
         let mut builder = builder_skipping(&["K1", "K2"]);
         read_meta(&mut reader("meta.json", BAD_META), &mut builder).unwrap();
         let corpus = builder.finish();
-        assert_eq!(meta_of(&corpus, "K1").unwrap().title.as_deref(), Some("good"));
-        assert_eq!(meta_of(&corpus, "K2").unwrap().title.as_deref(), Some("good too"));
+        assert_eq!(corpus.meta_of("K1").unwrap().title.as_deref(), Some("good"));
+        assert_eq!(
+            corpus.meta_of("K2").unwrap().title.as_deref(),
+            Some("good too")
+        );
         assert_eq!(corpus.stats.meta_lines, 9);
         assert_eq!(corpus.stats.skipped_lines, 7);
         let examples = &corpus.stats.skipped_examples;
-        assert_eq!(examples[1], "meta.json: line 3: bad meta record: missing field `asin` at column 20");
-        assert_eq!(examples[2], "meta.json: line 4: bad meta record: missing field `asin`");
+        assert_eq!(
+            examples[1],
+            "meta.json: line 3: bad meta record: missing field `asin` at column 20"
+        );
+        assert_eq!(
+            examples[2],
+            "meta.json: line 4: bad meta record: missing field `asin`"
+        );
         assert_eq!(
             examples[3],
             "meta.json: line 5: bad meta record: not a Python dict literal: column 36: \
              expected end of input after the value, found '}'"
         );
         assert!(
-            examples[4].starts_with("meta.json: line 6: bad meta record: not JSON (EOF while parsing an object at column 32) nor a Python dict literal (column 33: expected ',' or '}' after a dict value, found end of input)"),
+            examples[4].starts_with("meta.json: line 6: bad meta record: not JSON (EOF while parsing an object at column 32) nor a Python dict literal (column 33: expected '}' to close the bracket opened at column 1, found end of input)"),
             "{}",
             examples[4]
         );
-        assert!(examples[5].starts_with("meta.json: line 7: bad meta record: invalid type: integer `5`"), "{}", examples[5]);
+        assert!(
+            examples[5]
+                .starts_with("meta.json: line 7: bad meta record: invalid type: integer `5`"),
+            "{}",
+            examples[5]
+        );
         assert_eq!(examples[6], "meta.json: line 8: empty `asin`");
     }
 
@@ -513,26 +558,20 @@ not a record
         assert!(!is_junk_title("Halo 3"));
     }
 
-    fn data_dir() -> Option<PathBuf> {
-        let dir = match std::env::var_os("SLIM_DATA_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/amazon"),
-        };
-        if dir.is_dir() {
-            Some(dir)
-        } else {
-            eprintln!("skipping: no Amazon data folder at {} (set SLIM_DATA_DIR)", dir.display());
-            None
-        }
-    }
-
     #[test]
     fn real_gift_cards_files() {
-        let Some(dir) = data_dir() else { return };
+        let dir = crate::testkit::amazon_data_dir();
         let gift = dir.join("Gift_Cards");
-        let mut builder =
-            read_reviews(&mut LineReader::open_path(&gift.join("Gift_Cards_5.json.gz")).unwrap(), OnError::Fail).unwrap();
-        read_meta(&mut LineReader::open_path(&gift.join("meta_Gift_Cards.json.gz")).unwrap(), &mut builder).unwrap();
+        let mut builder = read_reviews(
+            &mut LineReader::open_path(&gift.join("Gift_Cards_5.json.gz")).unwrap(),
+            OnError::Fail,
+        )
+        .unwrap();
+        read_meta(
+            &mut LineReader::open_path(&gift.join("meta_Gift_Cards.json.gz")).unwrap(),
+            &mut builder,
+        )
+        .unwrap();
         let corpus = builder.finish();
         assert_eq!(corpus.interactions(), 2_972);
         assert_eq!(corpus.users.len(), 458);
@@ -540,16 +579,20 @@ not a record
         assert_eq!(corpus.stats.interaction_lines, 2_972);
         assert_eq!(corpus.stats.meta_lines, 1_547);
         assert_eq!(corpus.stats.skipped_lines, 0);
-        assert!(corpus.meta.iter().all(Option::is_some), "every five-core item has meta");
-        let metas: Vec<&ItemMeta> = corpus.meta.iter().flatten().collect();
-        let count = |f: fn(&&ItemMeta) -> bool| metas.iter().filter(f).count();
+        assert!(
+            corpus.meta.iter().all(|m| m.is_some()),
+            "every five-core item has meta"
+        );
+        let count = |f: fn(&ItemMeta) -> bool| corpus.meta.iter().flatten().filter(&f).count();
         assert_eq!(count(|m| m.title.is_some()), 148);
         assert_eq!(count(|m| m.brand.is_some()), 119);
         assert_eq!(count(|m| m.description.is_some()), 145);
         assert_eq!(corpus.stats.meta_unused, 1_547 - 148);
         let times = corpus.time.as_ref().unwrap();
         // 2012-01-31 .. 2018-08-22.
-        let (min, max) = times.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        let (min, max) = times
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
         assert_eq!((min, max), (1_327_968_000.0, 1_534_896_000.0));
     }
 }

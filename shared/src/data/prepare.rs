@@ -60,7 +60,11 @@ pub fn job_key(job_id: &str, key: &str) -> String {
 
 /// Runs the whole prepare stage for a loaded manifest, writing into `store` (rooted at the
 /// job's output root). Shows progress bars unless `progress` is hidden.
-pub async fn run(loaded: &LoadedManifest, store: Arc<dyn Store>, progress: bool) -> Result<Summary> {
+pub async fn run(
+    loaded: &LoadedManifest,
+    store: Arc<dyn Store>,
+    progress: bool,
+) -> Result<Summary> {
     let started = Instant::now();
     let manifest = loaded.manifest.clone();
     let reviews = loaded.resolve(&manifest.data.reviews);
@@ -95,13 +99,17 @@ pub async fn run(loaded: &LoadedManifest, store: Arc<dyn Store>, progress: bool)
     let items_without_meta = split
         .item_source
         .iter()
-        .filter(|&&i| corpus.meta[i as usize].is_none())
+        .filter(|&&i| !corpus.meta.has(i as usize))
         .count() as u64;
     let summary = Summary {
         job_id: manifest.job.id.clone(),
         format,
         reviews: loaded.resolve(&manifest.data.reviews).to_string(),
-        meta: manifest.data.meta.as_deref().map(|m| loaded.resolve(m).to_string()),
+        meta: manifest
+            .data
+            .meta
+            .as_deref()
+            .map(|m| loaded.resolve(m).to_string()),
         params: manifest.prepare.clone(),
         ingest: corpus.stats.clone(),
         items_without_meta,
@@ -110,9 +118,15 @@ pub async fn run(loaded: &LoadedManifest, store: Arc<dyn Store>, progress: bool)
         slim_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     if items_without_meta > 0 {
-        tracing::warn!(items_without_meta, "items without meta use their id as text");
+        tracing::warn!(
+            items_without_meta,
+            "items without meta use their id as text"
+        );
     }
-    std::fs::write(dir.path().join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    std::fs::write(
+        dir.path().join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
 
     let job_id = &manifest.job.id;
     let mut parts = Vec::new();
@@ -128,7 +142,12 @@ pub async fn run(loaded: &LoadedManifest, store: Arc<dyn Store>, progress: bool)
             .await
             .with_context(|| format!("uploading {key}"))?;
         let (bytes, sha256) = file_digest(&path)?;
-        parts.push(PartInfo { key, rows, bytes, sha256 });
+        parts.push(PartInfo {
+            key,
+            rows,
+            bytes,
+            sha256,
+        });
     }
     let marker = StageManifest {
         stage: "prepare".into(),
@@ -136,7 +155,10 @@ pub async fn run(loaded: &LoadedManifest, store: Arc<dyn Store>, progress: bool)
         parts,
     };
     store
-        .put(&job_key(job_id, "data/_SUCCESS"), serde_json::to_vec_pretty(&marker)?.into())
+        .put(
+            &job_key(job_id, "data/_SUCCESS"),
+            serde_json::to_vec_pretty(&marker)?.into(),
+        )
         .await
         .context("writing data/_SUCCESS")?;
     Ok(summary)
@@ -157,18 +179,26 @@ fn byte_bar(visible: bool, len: u64, message: String) -> ProgressBar {
     }
     let bar = ProgressBar::new(len).with_message(message);
     bar.set_style(
-        ProgressStyle::with_template("{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar
 }
 
 /// Opens an input for line reading, with a byte progress bar for local files.
-fn open_input(location: &Location, s3: &S3Settings, progress: bool, what: &str) -> Result<LineReader> {
+fn open_input(
+    location: &Location,
+    s3: &S3Settings,
+    progress: bool,
+    what: &str,
+) -> Result<LineReader> {
     match location {
         Location::Local(path) => {
-            let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("{}: cannot open", path.display()))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             let bar = byte_bar(progress, len, format!("reading {what}"));
             let reader: Box<dyn Read + Send> = Box::new(bar.wrap_read(file));
@@ -190,13 +220,17 @@ pub fn ingest(
     let mut reader = open_input(reviews, s3, progress, "interactions")?;
     let mut builder = match format {
         DataFormat::Recbole => recbole::read_interactions(&mut reader, on_error)?,
-        DataFormat::Mcauley2018 | DataFormat::Mcauley2014 => mcauley::read_reviews(&mut reader, on_error)?,
+        DataFormat::Mcauley2018 | DataFormat::Mcauley2014 => {
+            mcauley::read_reviews(&mut reader, on_error)?
+        }
     };
     if let Some(meta) = meta {
         let mut reader = open_input(meta, s3, progress, "item meta")?;
         match format {
             DataFormat::Recbole => recbole::read_items(&mut reader, &mut builder)?,
-            DataFormat::Mcauley2018 | DataFormat::Mcauley2014 => mcauley::read_meta(&mut reader, &mut builder)?,
+            DataFormat::Mcauley2018 | DataFormat::Mcauley2014 => {
+                mcauley::read_meta(&mut reader, &mut builder)?
+            }
         }
     }
     Ok(builder.finish())
@@ -220,7 +254,9 @@ pub fn render_item_text(id: &str, meta: Option<&ItemMeta>, include_description: 
     if !meta.categories.is_empty() {
         parts.push(format!("Category: {}", meta.categories.join(" > ")));
     }
-    if include_description && let Some(description) = meta.description.as_deref().filter(|d| !d.is_empty()) {
+    if include_description
+        && let Some(description) = meta.description.as_deref().filter(|d| !d.is_empty())
+    {
         parts.push(description.to_string());
     }
     if parts.is_empty() {
@@ -259,22 +295,30 @@ fn write_users(corpus: &Corpus, split: &Split, path: &std::path::Path) -> Result
     Ok(())
 }
 
-fn write_items(corpus: &Corpus, split: &Split, include_description: bool, path: &std::path::Path) -> Result<()> {
+fn write_items(
+    corpus: &Corpus,
+    split: &Split,
+    include_description: bool,
+    path: &std::path::Path,
+) -> Result<()> {
     let file = BufWriter::new(std::fs::File::create(path)?);
     let mut writer = schema::writer(file, &schema::ITEMS)?;
     let mut builder = ItemsBuilder::default();
     for (index, &source) in split.item_source.iter().enumerate() {
         let id = corpus.items.get(source);
-        let meta = corpus.meta[source as usize].as_ref();
+        let meta = corpus.meta.get(source as usize);
+        let text = render_item_text(id, meta.as_ref(), include_description);
+        let has_meta = meta.is_some();
+        let meta = meta.unwrap_or_default();
         builder.push(&ItemRow {
             item_index: index as u32,
             item_id: id.to_string(),
-            title: meta.and_then(|m| m.title.clone()),
-            brand: meta.and_then(|m| m.brand.clone()),
-            categories: meta.map(|m| m.categories.clone()).unwrap_or_default(),
-            description: meta.and_then(|m| m.description.clone()),
-            has_meta: meta.is_some(),
-            text: render_item_text(id, meta, include_description),
+            title: meta.title,
+            brand: meta.brand,
+            categories: meta.categories,
+            description: meta.description,
+            has_meta,
+            text,
             train_count: split.item_train_count[index],
         });
         if builder.len() == schema::BATCH_ROWS {
@@ -316,6 +360,9 @@ mod tests {
             "Halo 3. Brand: Microsoft. Category: Video Games > Xbox 360. Finish the fight."
         );
         assert_eq!(render_item_text("B1", None, true), "B1");
-        assert_eq!(render_item_text("B1", Some(&ItemMeta::default()), true), "B1");
+        assert_eq!(
+            render_item_text("B1", Some(&ItemMeta::default()), true),
+            "B1"
+        );
     }
 }

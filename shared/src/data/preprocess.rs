@@ -73,14 +73,6 @@ impl Sequences {
         }
         self.items.truncate(write);
     }
-
-    fn push(&mut self, items: impl IntoIterator<Item = u32>) {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
-        self.items.extend(items);
-        self.offsets.push(self.items.len());
-    }
 }
 
 /// The split dataset. Users and items are re-indexed densely; `user_source[u]` and
@@ -144,7 +136,8 @@ impl Percentiles {
         }
         values.sort_unstable();
         // Nearest-rank percentiles.
-        let at = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        let at =
+            |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
         let sum: u64 = values.iter().map(|&v| u64::from(v)).sum();
         Self {
             min: values[0],
@@ -168,7 +161,7 @@ pub fn preprocess(corpus: &mut Corpus, params: Params) -> Split {
     let sequences = group_by_user(corpus);
     let sequences = dedupe(sequences, &mut stats);
     let (users, sequences) = k_core(sequences, corpus.items.len(), params.k_core, &mut stats);
-    split(users, &sequences, corpus.items.len(), params, stats)
+    split(users, sequences, corpus.items.len(), params, stats)
 }
 
 /// Groups the interaction log into per-user sequences in time order. Ties in time keep file
@@ -176,38 +169,46 @@ pub fn preprocess(corpus: &mut Corpus, params: Params) -> Split {
 /// Frees the corpus's interaction columns as it goes.
 fn group_by_user(corpus: &mut Corpus) -> Sequences {
     let n_users = corpus.users.len();
-    let users = std::mem::take(&mut corpus.user);
+    let runs = std::mem::take(&mut corpus.user_runs);
     let items = std::mem::take(&mut corpus.item);
     let times = corpus.time.take();
 
     let mut offsets = vec![0usize; n_users + 1];
-    for &u in &users {
-        offsets[u as usize + 1] += 1;
+    for run in &runs {
+        offsets[run.user as usize + 1] += run.len as usize;
     }
     for u in 0..n_users {
         offsets[u + 1] += offsets[u];
     }
 
-    // Files that list each user's interactions together (RecBole sequence files) are already
-    // grouped: keep their item column as is instead of scattering a copy.
-    let grouped = users.windows(2).all(|w| w[0] <= w[1]);
+    // Files that list each user's interactions together, users in first-seen order (RecBole
+    // sequence files, most exports), are already grouped: keep their columns as they are
+    // instead of scattering a copy.
+    let grouped = runs
+        .iter()
+        .enumerate()
+        .all(|(k, run)| run.user as usize == k);
     let (mut grouped_items, grouped_times) = if grouped {
-        drop(users);
         (items, times)
     } else {
         let mut cursor = offsets.clone();
         let mut out_items = vec![0u32; items.len()];
         let mut out_times = times.as_ref().map(|t| vec![0f64; t.len()]);
-        for (k, &u) in users.iter().enumerate() {
-            let slot = &mut cursor[u as usize];
-            out_items[*slot] = items[k];
-            if let (Some(out), Some(t)) = (&mut out_times, &times) {
-                out[*slot] = t[k];
+        let mut k = 0;
+        for run in &runs {
+            let slot = &mut cursor[run.user as usize];
+            for _ in 0..run.len {
+                out_items[*slot] = items[k];
+                if let (Some(out), Some(t)) = (&mut out_times, &times) {
+                    out[*slot] = t[k];
+                }
+                *slot += 1;
+                k += 1;
             }
-            *slot += 1;
         }
         (out_items, out_times)
     };
+    drop(runs);
 
     if let Some(times) = grouped_times {
         let mut pairs: Vec<(f64, u32)> = Vec::new();
@@ -218,7 +219,12 @@ fn group_by_user(corpus: &mut Corpus) -> Sequences {
                 continue;
             }
             pairs.clear();
-            pairs.extend(slice_times.iter().copied().zip(grouped_items[range.clone()].iter().copied()));
+            pairs.extend(
+                slice_times
+                    .iter()
+                    .copied()
+                    .zip(grouped_items[range.clone()].iter().copied()),
+            );
             pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
             for (slot, (_, item)) in grouped_items[range].iter_mut().zip(&pairs) {
                 *slot = *item;
@@ -249,7 +255,12 @@ fn dedupe(mut sequences: Sequences, stats: &mut PreprocessStats) -> Sequences {
 
 /// Iteratively removes users and items with fewer than `k` interactions until none is left.
 /// Returns the surviving users' corpus indices and their filtered sequences.
-fn k_core(sequences: Sequences, n_items: usize, k: u32, stats: &mut PreprocessStats) -> (Vec<u32>, Sequences) {
+fn k_core(
+    sequences: Sequences,
+    n_items: usize,
+    k: u32,
+    stats: &mut PreprocessStats,
+) -> (Vec<u32>, Sequences) {
     let n_users = sequences.len();
     let mut user_alive = vec![true; n_users];
     let mut item_alive = vec![true; n_items];
@@ -258,13 +269,17 @@ fn k_core(sequences: Sequences, n_items: usize, k: u32, stats: &mut PreprocessSt
         stats.kcore_iterations += 1;
         item_degree.iter_mut().for_each(|d| *d = 0);
         let mut changed = false;
-        for u in 0..n_users {
-            if !user_alive[u] {
+        for (u, alive) in user_alive.iter_mut().enumerate() {
+            if !*alive {
                 continue;
             }
-            let degree = sequences.get(u).iter().filter(|&&i| item_alive[i as usize]).count();
+            let degree = sequences
+                .get(u)
+                .iter()
+                .filter(|&&i| item_alive[i as usize])
+                .count();
             if (degree as u32) < k {
-                user_alive[u] = false;
+                *alive = false;
                 stats.kcore_users_removed += 1;
                 changed = true;
                 continue;
@@ -275,10 +290,9 @@ fn k_core(sequences: Sequences, n_items: usize, k: u32, stats: &mut PreprocessSt
                 }
             }
         }
-        for i in 0..n_items {
-            if item_alive[i] && item_degree[i] < k {
-                item_alive[i] = false;
-                // Items that never occur (degree 0 from the start) are not "removed" by k-core.
+        for (alive, &degree) in item_alive.iter_mut().zip(&item_degree) {
+            if *alive && degree < k {
+                *alive = false;
                 changed = true;
             }
         }
@@ -291,12 +305,17 @@ fn k_core(sequences: Sequences, n_items: usize, k: u32, stats: &mut PreprocessSt
     for &i in &sequences.items {
         occurs[i as usize] = true;
     }
-    stats.kcore_items_removed = (0..n_items).filter(|&i| occurs[i] && !item_alive[i]).count() as u64;
+    stats.kcore_items_removed = (0..n_items)
+        .filter(|&i| occurs[i] && !item_alive[i])
+        .count() as u64;
 
     let mut sequences = sequences;
     sequences.retain(|user, item| user_alive[user] && item_alive[item as usize]);
     // Drop the (now empty) rows of removed users.
-    let users: Vec<u32> = (0..n_users).filter(|&u| user_alive[u]).map(|u| u as u32).collect();
+    let users: Vec<u32> = (0..n_users)
+        .filter(|&u| user_alive[u])
+        .map(|u| u as u32)
+        .collect();
     let mut offsets = Vec::with_capacity(users.len() + 1);
     offsets.push(0);
     offsets.extend(users.iter().map(|&u| sequences.offsets[u as usize + 1]));
@@ -304,85 +323,94 @@ fn k_core(sequences: Sequences, n_items: usize, k: u32, stats: &mut PreprocessSt
     (users, sequences)
 }
 
-/// Leave-one-out split, truncation, re-indexing, U' sampling and sharding.
+/// Leave-one-out split, truncation, re-indexing, U' sampling and sharding. Works in place on
+/// the filtered sequences, which become the training histories.
 fn split(
     users: Vec<u32>,
-    sequences: &Sequences,
+    mut sequences: Sequences,
     n_items: usize,
     params: Params,
     mut stats: PreprocessStats,
 ) -> Split {
-    // Users that cannot give train, valid and test items.
-    let mut kept: Vec<usize> = (0..users.len()).filter(|&u| sequences.get(u).len() >= 3).collect();
-    stats.too_short_users_removed = (users.len() - kept.len()) as u64;
-    if params.max_users > 0 && kept.len() > params.max_users as usize {
-        stats.users_capped = (kept.len() - params.max_users as usize) as u64;
-        kept.truncate(params.max_users as usize);
+    // Users that cannot give train, valid and test items; then the optional cap.
+    let mut budget = match params.max_users {
+        0 => usize::MAX,
+        max => max as usize,
+    };
+    let mut keep_user = vec![false; users.len()];
+    for (u, keep) in keep_user.iter_mut().enumerate() {
+        if sequences.get(u).len() < 3 {
+            stats.too_short_users_removed += 1;
+        } else if budget == 0 {
+            stats.users_capped += 1;
+        } else {
+            *keep = true;
+            budget -= 1;
+        }
     }
 
     // Re-index items densely in order of first use, so ids are stable for a given input.
     let mut new_index = vec![u32::MAX; n_items];
     let mut item_source: Vec<u32> = Vec::new();
-
-    let mut out = Split {
-        user_source: Vec::with_capacity(kept.len()),
-        item_source: Vec::new(),
-        history: Sequences::default(),
-        history_length: Vec::with_capacity(kept.len()),
-        valid_item: Vec::with_capacity(kept.len()),
-        test_item: Vec::with_capacity(kept.len()),
-        shard: Vec::with_capacity(kept.len()),
-        in_teacher_sample: vec![false; kept.len()],
-        item_train_count: Vec::new(),
-        stats: PreprocessStats::default(),
-    };
-    let mut lengths = Vec::with_capacity(kept.len());
-    let mut train_counts: Vec<u32> = Vec::new();
+    let mut item_train_count: Vec<u32> = Vec::new();
+    let mut user_source = Vec::new();
+    let mut history_length = Vec::new();
+    let mut valid_item = Vec::new();
+    let mut test_item = Vec::new();
+    let mut lengths = Vec::new();
     let mut interactions = 0u64;
-    for (row, &u) in kept.iter().enumerate() {
-        let seq: Vec<u32> = sequences
-            .get(u)
-            .iter()
-            .map(|&source| {
-                let slot = &mut new_index[source as usize];
-                if *slot == u32::MAX {
-                    *slot = item_source.len() as u32;
-                    item_source.push(source);
-                }
-                *slot
-            })
-            .collect();
+
+    let mut offsets = Vec::with_capacity(users.len() + 1);
+    offsets.push(0);
+    let mut write = 0;
+    for (u, &source_user) in users.iter().enumerate() {
+        let range = sequences.offsets[u]..sequences.offsets[u + 1];
+        if !keep_user[u] {
+            continue;
+        }
+        for slot in &mut sequences.items[range.clone()] {
+            let index = &mut new_index[*slot as usize];
+            if *index == u32::MAX {
+                *index = item_source.len() as u32;
+                item_source.push(*slot);
+                item_train_count.push(0);
+            }
+            *slot = *index;
+        }
+        let seq = &sequences.items[range.clone()];
         let n = seq.len();
         interactions += n as u64;
         lengths.push(n as u32);
-        let train = &seq[..n - 2];
-        if train_counts.len() < item_source.len() {
-            train_counts.resize(item_source.len(), 0);
-        }
-        for &i in train {
-            train_counts[i as usize] += 1;
+        valid_item.push(seq[n - 2]);
+        test_item.push(seq[n - 1]);
+        history_length.push((n - 2) as u32);
+        for &i in &seq[..n - 2] {
+            item_train_count[i as usize] += 1;
         }
         let start = match params.max_history {
             0 => 0,
-            max => train.len().saturating_sub(max as usize),
+            max => (n - 2).saturating_sub(max as usize),
         };
-        out.history.push(train[start..].iter().copied());
-        out.history_length.push(train.len() as u32);
-        out.valid_item.push(seq[n - 2]);
-        out.test_item.push(seq[n - 1]);
-        out.shard.push(row as u32 / params.users_per_shard.max(1));
-        out.user_source.push(users[u]);
+        // Move the kept training items to the front; `write` never passes the read range.
+        let keep = range.start + start..range.start + n - 2;
+        sequences.items.copy_within(keep.clone(), write);
+        write += keep.len();
+        offsets.push(write);
+        user_source.push(source_user);
     }
-    if out.history.offsets.is_empty() {
-        out.history.offsets.push(0);
-    }
-    train_counts.resize(item_source.len(), 0);
+    sequences.items.truncate(write);
+    sequences.items.shrink_to_fit();
+    sequences.offsets = offsets;
 
-    let n_users = kept.len();
+    let n_users = user_source.len();
+    let shard = (0..n_users as u32)
+        .map(|row| row / params.users_per_shard.max(1))
+        .collect::<Vec<_>>();
     let sample = (params.teacher_sample as usize).min(n_users);
+    let mut in_teacher_sample = vec![false; n_users];
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     for u in rand::seq::index::sample(&mut rng, n_users, sample) {
-        out.in_teacher_sample[u] = true;
+        in_teacher_sample[u] = true;
     }
 
     stats.users = n_users as u64;
@@ -395,11 +423,19 @@ fn split(
     };
     stats.sequence_length = Percentiles::of(lengths);
     stats.teacher_sample = sample as u64;
-    stats.shards = out.shard.last().map_or(0, |s| s + 1);
-    out.item_source = item_source;
-    out.item_train_count = train_counts;
-    out.stats = stats;
-    out
+    stats.shards = shard.last().map_or(0, |s| s + 1);
+    Split {
+        user_source,
+        item_source,
+        history: sequences,
+        history_length,
+        valid_item,
+        test_item,
+        shard,
+        in_teacher_sample,
+        item_train_count,
+        stats,
+    }
 }
 
 #[cfg(test)]
@@ -489,7 +525,13 @@ mod tests {
         assert_eq!(split.stats.kcore_users_removed, 2);
         assert_eq!(split.stats.kcore_items_removed, 2);
         assert_eq!(split.stats.kcore_iterations, 3);
-        assert!(split.history.items.iter().all(|&i| (i as usize) < split.item_source.len()));
+        assert!(
+            split
+                .history
+                .items
+                .iter()
+                .all(|&i| (i as usize) < split.item_source.len())
+        );
     }
 
     #[test]
@@ -500,7 +542,10 @@ mod tests {
                 rows.push((format!("u{u}"), format!("i{t}"), t as f64));
             }
         }
-        let rows: Vec<(&str, &str, f64)> = rows.iter().map(|(u, i, t)| (u.as_str(), i.as_str(), *t)).collect();
+        let rows: Vec<(&str, &str, f64)> = rows
+            .iter()
+            .map(|(u, i, t)| (u.as_str(), i.as_str(), *t))
+            .collect();
         let mut p = params(1);
         p.max_history = 3;
         let run = |p: Params| {
@@ -519,7 +564,10 @@ mod tests {
         let others: Vec<Vec<bool>> = (0..8)
             .map(|seed| run(Params { seed, ..p }).in_teacher_sample)
             .collect();
-        assert!(others.iter().any(|s| *s != a.in_teacher_sample), "the seed changes the sample");
+        assert!(
+            others.iter().any(|s| *s != a.in_teacher_sample),
+            "the seed changes the sample"
+        );
         // Training counts exclude valid and test items.
         let total_train: u32 = a.item_train_count.iter().sum();
         assert_eq!(total_train, a.history_length.iter().sum::<u32>());
@@ -527,7 +575,13 @@ mod tests {
 
     #[test]
     fn users_too_short_to_split_are_dropped_and_counted() {
-        let mut corpus = timed(&[("u", "a", 1.0), ("u", "b", 2.0), ("v", "a", 1.0), ("v", "b", 2.0), ("v", "c", 3.0)]);
+        let mut corpus = timed(&[
+            ("u", "a", 1.0),
+            ("u", "b", 2.0),
+            ("v", "a", 1.0),
+            ("v", "b", 2.0),
+            ("v", "c", 3.0),
+        ]);
         let split = preprocess(&mut corpus, params(1));
         assert_eq!(split.stats.users, 1);
         assert_eq!(split.stats.too_short_users_removed, 1);
@@ -547,7 +601,10 @@ mod tests {
     #[test]
     fn percentiles_use_nearest_rank() {
         let p = Percentiles::of((1..=100).collect());
-        assert_eq!((p.min, p.p25, p.p50, p.p90, p.p99, p.max), (1, 25, 50, 90, 99, 100));
+        assert_eq!(
+            (p.min, p.p25, p.p50, p.p90, p.p99, p.max),
+            (1, 25, 50, 90, 99, 100)
+        );
         assert!((p.mean - 50.5).abs() < 1e-9);
     }
 }

@@ -216,7 +216,10 @@ impl<'a> Parser<'a> {
                     self.name()
                 }
             }
-            _ => Err(self.expected("a value (dict, list, tuple, string, number, True, False or None)")),
+            _ => {
+                Err(self
+                    .expected("a value (dict, list, tuple, string, number, True, False or None)"))
+            }
         }
     }
 
@@ -230,7 +233,13 @@ impl<'a> Parser<'a> {
 
     /// The items of a list, tuple or set up to `close`; the opening bracket (and, for tuples and
     /// sets, the first item and its comma) are already consumed.
-    fn sequence(&mut self, close: u8, mut items: Vec<Value>, build: bool, open_at: usize) -> Result<Vec<Value>, PyLiteralError> {
+    fn sequence(
+        &mut self,
+        close: u8,
+        mut items: Vec<Value>,
+        build: bool,
+        open_at: usize,
+    ) -> Result<Vec<Value>, PyLiteralError> {
         let closing = close as char;
         loop {
             self.ws();
@@ -239,8 +248,7 @@ impl<'a> Parser<'a> {
                 return Ok(items);
             }
             if self.peek().is_none() {
-                let opened = self.error_at(open_at, String::new()).column;
-                return Err(self.expected(&format!("{closing:?} to close the bracket opened at column {opened}")));
+                return Err(self.unclosed(open_at, closing));
             }
             let item = self.value(build)?;
             if build {
@@ -253,9 +261,18 @@ impl<'a> Parser<'a> {
                     self.pos += 1;
                     return Ok(items);
                 }
+                None => return Err(self.unclosed(open_at, closing)),
                 _ => return Err(self.expected(&format!("',' or {closing:?}"))),
             }
         }
+    }
+
+    /// The input ended inside a container opened at `open_at`.
+    fn unclosed(&self, open_at: usize, closing: char) -> PyLiteralError {
+        let opened = self.error_at(open_at, String::new()).column;
+        self.expected(&format!(
+            "{closing:?} to close the bracket opened at column {opened}"
+        ))
     }
 
     /// `(`: the empty tuple, a parenthesized value, or a tuple.
@@ -281,6 +298,7 @@ impl<'a> Parser<'a> {
                 let items = if build { vec![first] } else { Vec::new() };
                 Value::Array(self.sequence(b')', items, build, start)?)
             }
+            None => return Err(self.unclosed(start, ')')),
             _ => return Err(self.expected("',' or ')'")),
         };
         self.depth -= 1;
@@ -322,7 +340,11 @@ impl<'a> Parser<'a> {
         let mut key = first;
         loop {
             // At the ':' after `key`.
-            let name = if build { self.dict_key(key, key_start)? } else { String::new() };
+            let name = if build {
+                self.dict_key(key, key_start)?
+            } else {
+                String::new()
+            };
             self.pos += 1;
             self.ws();
             let value = self.value(build)?;
@@ -336,6 +358,7 @@ impl<'a> Parser<'a> {
                     self.ws();
                 }
                 Some(b'}') => {}
+                None => return Err(self.unclosed(start, '}')),
                 _ => return Err(self.expected("',' or '}' after a dict value")),
             }
             if self.peek() == Some(b'}') {
@@ -344,8 +367,7 @@ impl<'a> Parser<'a> {
                 return Ok(Value::Object(map));
             }
             if self.peek().is_none() {
-                let opened = self.error_at(start, String::new()).column;
-                return Err(self.expected(&format!("'}}' to close the dict opened at column {opened}")));
+                return Err(self.unclosed(start, '}'));
             }
             key_start = self.pos;
             key = self.value(build)?;
@@ -429,7 +451,8 @@ impl<'a> Parser<'a> {
         let unterminated = |parser: &Self| {
             parser.error_at(
                 start,
-                "unterminated string: expected the closing quote before the end of the line".to_string(),
+                "unterminated string: expected the closing quote before the end of the line"
+                    .to_string(),
             )
         };
         loop {
@@ -479,7 +502,13 @@ impl<'a> Parser<'a> {
     }
 
     /// A backslash inside a string (at the current position).
-    fn escape(&mut self, out: &mut String, build: bool, kind: StrKind, quote: u8) -> Result<(), PyLiteralError> {
+    fn escape(
+        &mut self,
+        out: &mut String,
+        build: bool,
+        kind: StrKind,
+        quote: u8,
+    ) -> Result<(), PyLiteralError> {
         let at = self.pos;
         let Some(e) = self.peek_at(1) else {
             // The closing quote is missing; let the caller's scan report it.
@@ -587,7 +616,9 @@ impl<'a> Parser<'a> {
                     None => {
                         return Err(self.error_at(
                             at,
-                            format!("escape {name} names U+{code:X}, which is not a Unicode code point"),
+                            format!(
+                                "escape {name} names U+{code:X}, which is not a Unicode code point"
+                            ),
                         ));
                     }
                 };
@@ -631,7 +662,12 @@ impl<'a> Parser<'a> {
         self.pending.clear();
     }
 
-    fn hex_digits(&mut self, count: usize, escape_at: usize, name: &str) -> Result<u32, PyLiteralError> {
+    fn hex_digits(
+        &mut self,
+        count: usize,
+        escape_at: usize,
+        name: &str,
+    ) -> Result<u32, PyLiteralError> {
         let mut code = 0u32;
         for _ in 0..count {
             match self.peek().and_then(|b| (b as char).to_digit(16)) {
@@ -662,7 +698,10 @@ impl<'a> Parser<'a> {
             "True" => Value::Bool(true),
             "False" => Value::Bool(false),
             "None" => Value::Null,
-            _ => return Err(self.expected("a value (dict, list, tuple, string, number, True, False or None)")),
+            _ => {
+                return Err(self
+                    .expected("a value (dict, list, tuple, string, number, True, False or None)"));
+            }
         };
         self.pos += len;
         Ok(value)
@@ -729,7 +768,9 @@ impl<'a> Parser<'a> {
                 let frac_digits = self.digits(10);
                 if int_digits == 0 && frac_digits == 0 {
                     self.pos = num_start;
-                    return Err(self.expected("a value (dict, list, tuple, string, number, True, False or None)"));
+                    return Err(self.expected(
+                        "a value (dict, list, tuple, string, number, True, False or None)",
+                    ));
                 }
             } else if int_digits == 0 {
                 return Err(self.expected("a number"));
@@ -760,19 +801,25 @@ impl<'a> Parser<'a> {
                     .map_err(|_| self.error_at(num_start, format!("not a valid float: {text}")))?;
                 let f = if negative { -f } else { f };
                 Value::Number(
-                    Number::from_f64(f)
-                        .ok_or_else(|| self.error_at(start, format!("float out of range: {text}")))?,
+                    Number::from_f64(f).ok_or_else(|| {
+                        self.error_at(start, format!("float out of range: {text}"))
+                    })?,
                 )
             } else {
-                if text.len() > 1 && text.starts_with('0') && text.bytes().any(|b| b != b'0' && b != b'_') {
+                if text.len() > 1
+                    && text.starts_with('0')
+                    && text.bytes().any(|b| b != b'0' && b != b'_')
+                {
                     return Err(self.error_at(
                         num_start,
-                        "leading zeros in a decimal integer are not allowed (use 0o for octal)".to_string(),
+                        "leading zeros in a decimal integer are not allowed (use 0o for octal)"
+                            .to_string(),
                     ));
                 }
                 self.skip_long_suffix();
-                int_value(text, 10, negative)
-                    .ok_or_else(|| self.error_at(start, "integer too large for a float".to_string()))?
+                int_value(text, 10, negative).ok_or_else(|| {
+                    self.error_at(start, "integer too large for a float".to_string())
+                })?
             }
         };
         if let Some(b) = self.peek()
@@ -817,7 +864,9 @@ fn int_value(digits: &str, radix: u32, negative: bool) -> Option<Value> {
     if !overflow {
         if negative {
             if magnitude <= i64::MAX as u128 + 1 {
-                return Some(Value::Number(Number::from((magnitude as i128).wrapping_neg() as i64)));
+                return Some(Value::Number(Number::from(
+                    (magnitude as i128).wrapping_neg() as i64,
+                )));
             }
         } else if let Ok(m) = u64::try_from(magnitude) {
             return Some(Value::Number(Number::from(m)));
@@ -860,7 +909,10 @@ mod tests {
             })
         );
         assert_eq!(lookup(line, "asin").unwrap(), Some(json!("0000031852")));
-        assert_eq!(lookup(line, "salesRank").unwrap(), Some(json!({"Toys & Games": 211836})));
+        assert_eq!(
+            lookup(line, "salesRank").unwrap(),
+            Some(json!({"Toys & Games": 211836}))
+        );
         assert_eq!(lookup(line, "brand").unwrap(), None);
     }
 
@@ -939,7 +991,10 @@ mod tests {
         assert_eq!(p(r#"'a\\b'"#), json!("a\\b"));
         assert_eq!(p(r#"'it\'s'"#), json!("it's"));
         assert_eq!(p(r#""say \"hi\"""#), json!("say \"hi\""));
-        assert_eq!(p(r#"'\n\t\r\a\b\f\v'"#), json!("\n\t\r\u{7}\u{8}\u{c}\u{b}"));
+        assert_eq!(
+            p(r#"'\n\t\r\a\b\f\v'"#),
+            json!("\n\t\r\u{7}\u{8}\u{c}\u{b}")
+        );
         assert_eq!(p(r#"'\x41\x7e'"#), json!("A~"));
         assert_eq!(p(r#"u'\xe9'"#), json!("é"));
         assert_eq!(p(r#"'\u00e9\u2122'"#), json!("é™"));
@@ -959,7 +1014,10 @@ mod tests {
     #[test]
     fn python2_byte_escapes_decode_as_utf8() {
         // Python 2 repr of the UTF-8 bytes of "Café – ’".
-        assert_eq!(p(r#"'Caf\xc3\xa9 \xe2\x80\x93 \xe2\x80\x99'"#), json!("Café – ’"));
+        assert_eq!(
+            p(r#"'Caf\xc3\xa9 \xe2\x80\x93 \xe2\x80\x99'"#),
+            json!("Café – ’")
+        );
         // Octal escapes are bytes too.
         assert_eq!(p(r#"'\303\251'"#), json!("é"));
         // Bytes that are not UTF-8 fall back to Latin-1, one character each.
@@ -1002,7 +1060,10 @@ mod tests {
 
     #[test]
     fn whitespace_and_continuations() {
-        assert_eq!(p("\t{\n'a' :\r\n 1 \\\n, 'b': [ ]\u{c}}\n"), json!({"a": 1, "b": []}));
+        assert_eq!(
+            p("\t{\n'a' :\r\n 1 \\\n, 'b': [ ]\u{c}}\n"),
+            json!({"a": 1, "b": []})
+        );
     }
 
     #[test]
@@ -1010,16 +1071,35 @@ mod tests {
         let e = err("{'a' 1}");
         assert_eq!((e.column, e.offset), (6, 5));
         assert_eq!(e.message, "expected ':' after a dict key, found '1'");
-        assert_eq!(e.to_string(), "column 6: expected ':' after a dict key, found '1'");
+        assert_eq!(
+            e.to_string(),
+            "column 6: expected ':' after a dict key, found '1'"
+        );
 
         let e = err("{'a': 1 'b': 2}");
-        assert_eq!(e.message, "expected ',' or '}' after a dict value, found '\\''");
+        assert_eq!(
+            e.message,
+            "expected ',' or '}' after a dict value, found '\\''"
+        );
 
         let e = err("[1, 2");
-        assert!(e.message.starts_with("expected ']' to close the bracket opened at column 1, found end of input"), "{e}");
+        assert!(
+            e.message.starts_with(
+                "expected ']' to close the bracket opened at column 1, found end of input"
+            ),
+            "{e}"
+        );
 
         let e = err("{'a': 1");
-        assert!(e.message.contains("found end of input"), "{e}");
+        assert_eq!(
+            e.message,
+            "expected '}' to close the bracket opened at column 1, found end of input"
+        );
+        let e = err("[(1, {'a': (2");
+        assert_eq!(
+            e.message,
+            "expected ')' to close the bracket opened at column 12, found end of input"
+        );
 
         let e = err("{'a': true}");
         assert_eq!(e.column, 7);
@@ -1056,7 +1136,11 @@ mod tests {
         assert!(err("{,}").message.contains("expected a value"));
         assert!(err("(1 2)").message.contains("',' or ')'"));
         assert!(err("set()").message.contains("found `set`"));
-        assert!(err("{'a': 1, 'b'}").message.contains("':' after a dict key"));
+        assert!(
+            err("{'a': 1, 'b'}")
+                .message
+                .contains("':' after a dict key")
+        );
         assert!(err("1__0").message.contains("found `__0`"));
     }
 
@@ -1077,9 +1161,20 @@ mod tests {
         assert_eq!(lookup(line, "title").unwrap(), Some(json!("T 'q'")));
         assert_eq!(lookup("{}", "asin").unwrap(), None);
         assert_eq!(lookup("{'a': 1,}", "asin").unwrap(), None);
-        assert_eq!(lookup("{'a': r'\\'', 'asin': 'X'}", "asin").unwrap(), Some(json!("X")));
-        assert_eq!(lookup("{'a': '''x'y''', 'asin': 'X'}", "asin").unwrap(), Some(json!("X")));
-        assert!(lookup("['asin']", "asin").unwrap_err().message.contains("'{' (a dict)"));
+        assert_eq!(
+            lookup("{'a': r'\\'', 'asin': 'X'}", "asin").unwrap(),
+            Some(json!("X"))
+        );
+        assert_eq!(
+            lookup("{'a': '''x'y''', 'asin': 'X'}", "asin").unwrap(),
+            Some(json!("X"))
+        );
+        assert!(
+            lookup("['asin']", "asin")
+                .unwrap_err()
+                .message
+                .contains("'{' (a dict)")
+        );
         assert!(lookup("{'a': [1, 'asin': 'X'}", "asin").is_err());
         assert!(lookup("{'a': 'x}", "asin").is_err());
     }

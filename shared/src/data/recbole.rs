@@ -67,7 +67,13 @@ fn find(columns: &[Column], name: &str) -> Option<usize> {
 fn describe(columns: &[Column]) -> String {
     let names: Vec<String> = columns
         .iter()
-        .map(|c| if c.kind.is_empty() { c.name.clone() } else { format!("{}:{}", c.name, c.kind) })
+        .map(|c| {
+            if c.kind.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{}:{}", c.name, c.kind)
+            }
+        })
         .collect();
     if names.iter().all(|n| n.is_empty()) {
         "an empty header".to_string()
@@ -78,15 +84,31 @@ fn describe(columns: &[Column]) -> String {
 
 /// Which interaction shape the header describes, with column indices.
 enum Shape {
-    Timed { user: usize, item: usize, time: usize },
-    Sequence { user: usize, list: usize, target: Option<usize> },
+    Timed {
+        user: usize,
+        item: usize,
+        time: usize,
+    },
+    Sequence {
+        user: usize,
+        list: usize,
+        target: Option<usize>,
+    },
 }
 
 /// Reads a RecBole `.inter` file; see the module docs for the two shapes.
-pub fn read_interactions(reader: &mut LineReader, on_error: OnError) -> Result<CorpusBuilder, SourceError> {
+pub fn read_interactions(
+    reader: &mut LineReader,
+    on_error: OnError,
+) -> Result<CorpusBuilder, SourceError> {
     let columns = read_header(reader)?;
     let user = find(&columns, "user_id");
-    let shape = match (user, find(&columns, "item_id_list"), find(&columns, "item_id"), find(&columns, "timestamp")) {
+    let shape = match (
+        user,
+        find(&columns, "item_id_list"),
+        find(&columns, "item_id"),
+        find(&columns, "timestamp"),
+    ) {
         (Some(user), Some(list), target, _) => Shape::Sequence { user, list, target },
         (Some(user), None, Some(item), Some(time)) => Shape::Timed { user, item, time },
         _ => {
@@ -100,17 +122,18 @@ pub fn read_interactions(reader: &mut LineReader, on_error: OnError) -> Result<C
     };
     let width = columns.len();
     let mut builder = CorpusBuilder::new(matches!(shape, Shape::Timed { .. }), on_error);
-    loop {
-        let Some(line) = reader.next_line()? else {
-            break;
-        };
+    while let Some(line) = reader.next_line()? {
         if line.trim().is_empty() {
             continue;
         }
         builder.count_interaction_line();
         let outcome = match shape {
-            Shape::Timed { user, item, time } => timed_row(line, width, user, item, time, &mut builder),
-            Shape::Sequence { user, list, target } => sequence_row(line, width, user, list, target, &mut builder),
+            Shape::Timed { user, item, time } => {
+                timed_row(line, width, user, item, time, &mut builder)
+            }
+            Shape::Sequence { user, list, target } => {
+                sequence_row(line, width, user, list, target, &mut builder)
+            }
         };
         if let Err(message) = outcome {
             builder.malformed(reader, message)?;
@@ -120,7 +143,11 @@ pub fn read_interactions(reader: &mut LineReader, on_error: OnError) -> Result<C
 }
 
 /// Splits a row into its fields' values at the wanted column indices, checking the field count.
-fn pick<'a, const N: usize>(line: &'a str, width: usize, wanted: [Option<usize>; N]) -> Result<[&'a str; N], String> {
+fn pick<const N: usize>(
+    line: &str,
+    width: usize,
+    wanted: [Option<usize>; N],
+) -> Result<[&str; N], String> {
     let mut out = [""; N];
     let mut count = 0;
     for (i, field) in line.split('\t').enumerate() {
@@ -207,16 +234,13 @@ pub fn read_items(reader: &mut LineReader, builder: &mut CorpusBuilder) -> Resul
         find(&columns, "description").or_else(|| find(&columns, "desc")),
     ];
     let width = columns.len();
-    loop {
-        let Some(line) = reader.next_line()? else {
-            break;
-        };
+    while let Some(line) = reader.next_line()? {
         if line.trim().is_empty() {
             continue;
         }
         builder.count_meta_line();
         let outcome = match pick(line, width, wanted) {
-            Ok([item, ..]) if item.is_empty() => Err("empty item_id".to_string()),
+            Ok(["", ..]) => Err("empty item_id".to_string()),
             Ok([item, ..]) if !builder.knows_item(item) => {
                 builder.set_meta(item, ItemMeta::default());
                 Ok(())
@@ -276,10 +300,8 @@ fn collect_strings(value: &Value, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Corpus;
     use flate2::{Compression, write::GzEncoder};
     use std::io::Write;
-    use std::path::PathBuf;
 
     fn reader(name: &str, text: &str) -> LineReader {
         LineReader::new(name, std::io::Cursor::new(text.as_bytes().to_vec())).unwrap()
@@ -289,23 +311,6 @@ mod tests {
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(text.as_bytes()).unwrap();
         LineReader::new(name, std::io::Cursor::new(gz.finish().unwrap())).unwrap()
-    }
-
-    /// (user, item, time) triples in file order.
-    fn rows(corpus: &Corpus) -> Vec<(String, String, Option<f64>)> {
-        (0..corpus.interactions())
-            .map(|k| {
-                (
-                    corpus.users.get(corpus.user[k]).to_string(),
-                    corpus.items.get(corpus.item[k]).to_string(),
-                    corpus.time.as_ref().map(|t| t[k]),
-                )
-            })
-            .collect()
-    }
-
-    fn meta_of<'c>(corpus: &'c Corpus, item: &str) -> Option<&'c ItemMeta> {
-        corpus.meta[corpus.items.lookup(item).unwrap() as usize].as_ref()
     }
 
     fn triple(user: &str, item: &str, time: Option<f64>) -> (String, String, Option<f64>) {
@@ -324,7 +329,7 @@ mod tests {
             assert!(builder.is_timed());
             let corpus = builder.finish();
             assert_eq!(
-                rows(&corpus),
+                corpus.triples(),
                 [
                     triple("u1", "i1", Some(100.0)),
                     triple("u2", "i2", Some(99.5)),
@@ -346,7 +351,7 @@ mod tests {
         assert!(!corpus.is_timed());
         let corpus = corpus.finish();
         assert_eq!(
-            rows(&corpus),
+            corpus.triples(),
             [
                 triple("u1", "a", None),
                 triple("u1", "b", None),
@@ -360,7 +365,9 @@ mod tests {
 
         let text = "user_id:token\titem_id_list:token_seq\ttimestamp_list:float_seq\n\
                     u1\ta b c\t1 2 3\n";
-        let corpus = read_interactions(&mut reader("s2.inter", text), OnError::Fail).unwrap().finish();
+        let corpus = read_interactions(&mut reader("s2.inter", text), OnError::Fail)
+            .unwrap()
+            .finish();
         assert_eq!(corpus.interactions(), 3);
         assert!(corpus.time.is_none());
     }
@@ -368,7 +375,9 @@ mod tests {
     #[test]
     fn duplicates_are_kept() {
         let text = "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\nu\ti\t1\n";
-        let corpus = read_interactions(&mut reader("d.inter", text), OnError::Fail).unwrap().finish();
+        let corpus = read_interactions(&mut reader("d.inter", text), OnError::Fail)
+            .unwrap()
+            .finish();
         assert_eq!(corpus.interactions(), 2);
         assert_eq!(corpus.items.len(), 1);
     }
@@ -376,15 +385,26 @@ mod tests {
     #[test]
     fn missing_columns_name_file_line_and_columns() {
         let text = "user_id:token\titem_id:token\trating:float\nu\ti\t5\n";
-        let err = read_interactions(&mut reader("x.inter", text), OnError::Skip).unwrap_err();
+        let err = read_interactions(&mut reader("x.inter", text), OnError::Skip)
+            .map(drop)
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("x.inter: line 1: not a RecBole interaction header"), "{msg}");
+        assert!(
+            msg.starts_with("x.inter: line 1: not a RecBole interaction header"),
+            "{msg}"
+        );
         assert!(msg.contains("timestamp:float"), "{msg}");
         assert!(msg.contains("item_id_list:token_seq"), "{msg}");
-        assert!(msg.ends_with("found user_id:token, item_id:token, rating:float"), "{msg}");
+        assert!(
+            msg.ends_with("found user_id:token, item_id:token, rating:float"),
+            "{msg}"
+        );
 
-        let err = read_items(&mut reader("x.item", "title:token_seq\n"), &mut CorpusBuilder::new(false, OnError::Fail))
-            .unwrap_err();
+        let err = read_items(
+            &mut reader("x.item", "title:token_seq\n"),
+            &mut CorpusBuilder::new(false, OnError::Fail),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "x.item: line 1: not a RecBole item header: expected an item_id:token column; found title:token_seq"
@@ -402,7 +422,9 @@ mod tests {
 
     #[test]
     fn malformed_rows_fail_with_file_and_line() {
-        let err = read_interactions(&mut reader("bad.inter", BAD_TIMED), OnError::Fail).unwrap_err();
+        let err = read_interactions(&mut reader("bad.inter", BAD_TIMED), OnError::Fail)
+            .map(drop)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "bad.inter: line 3: expected 3 tab-separated fields (as in the header), found 2"
@@ -411,8 +433,13 @@ mod tests {
 
     #[test]
     fn malformed_rows_are_skipped_and_counted() {
-        let corpus = read_interactions(&mut reader("bad.inter", BAD_TIMED), OnError::Skip).unwrap().finish();
-        assert_eq!(rows(&corpus), [triple("u1", "i1", Some(1.0)), triple("u2", "i7", Some(7.0))]);
+        let corpus = read_interactions(&mut reader("bad.inter", BAD_TIMED), OnError::Skip)
+            .unwrap()
+            .finish();
+        assert_eq!(
+            corpus.triples(),
+            [triple("u1", "i1", Some(1.0)), triple("u2", "i7", Some(7.0))]
+        );
         assert_eq!(corpus.stats.interaction_lines, 7);
         assert_eq!(corpus.stats.skipped_lines, 5);
         assert_eq!(
@@ -434,13 +461,23 @@ mod tests {
                     \ta\tb\n\
                     u2\ta b\tc\td\n\
                     u3\ta\tb\n";
-        let corpus = read_interactions(&mut reader("s.inter", text), OnError::Skip).unwrap().finish();
-        assert_eq!(rows(&corpus), [triple("u3", "a", None), triple("u3", "b", None)]);
+        let corpus = read_interactions(&mut reader("s.inter", text), OnError::Skip)
+            .unwrap()
+            .finish();
+        assert_eq!(
+            corpus.triples(),
+            [triple("u3", "a", None), triple("u3", "b", None)]
+        );
         assert_eq!(corpus.stats.skipped_lines, 3);
-        assert_eq!(corpus.stats.skipped_examples[0], "s.inter: line 2: empty item_id (the target item)");
+        assert_eq!(
+            corpus.stats.skipped_examples[0],
+            "s.inter: line 2: empty item_id (the target item)"
+        );
 
         let text = "user_id:token\titem_id_list:token_seq\nu1\t \n";
-        let err = read_interactions(&mut reader("s.inter", text), OnError::Fail).unwrap_err();
+        let err = read_interactions(&mut reader("s.inter", text), OnError::Fail)
+            .map(drop)
+            .unwrap_err();
         assert_eq!(err.to_string(), "s.inter: line 2: empty item_id_list");
     }
 
@@ -456,8 +493,8 @@ mod tests {
         read_items(&mut gz_reader("i.item", items), &mut builder).unwrap();
         let corpus = builder.finish();
         assert_eq!(
-            meta_of(&corpus, "1"),
-            Some(&ItemMeta {
+            corpus.meta_of("1"),
+            Some(ItemMeta {
                 title: Some("Tom Clancy's Splinter Cell".to_string()),
                 brand: Some("EA & Co".to_string()),
                 categories: vec!["Video Games".to_string(), "PC".to_string()],
@@ -465,8 +502,8 @@ mod tests {
             })
         );
         assert_eq!(
-            meta_of(&corpus, "2"),
-            Some(&ItemMeta {
+            corpus.meta_of("2"),
+            Some(ItemMeta {
                 title: Some("Only title".to_string()),
                 brand: None,
                 categories: vec!["Video Games".to_string(), "Mac".to_string()],
@@ -474,7 +511,7 @@ mod tests {
             })
         );
         // Item 3 has no row: it stays without meta.
-        assert_eq!(meta_of(&corpus, "3"), None);
+        assert_eq!(corpus.meta_of("3"), None);
         assert_eq!(corpus.stats.meta_lines, 3);
         assert_eq!(corpus.stats.meta_unused, 1);
     }
@@ -483,23 +520,42 @@ mod tests {
     fn items_with_only_an_id_column_and_malformed_rows() {
         let inter = "user_id:token\titem_id:token\ttimestamp:float\nu\ta\t1\nu\tb\t2\n";
         let mut builder = read_interactions(&mut reader("i.inter", inter), OnError::Skip).unwrap();
-        read_items(&mut reader("i.item", "item_id:token\tdescription:token_seq\na\tx\tEXTRA\nb\tDesc\n"), &mut builder)
-            .unwrap();
+        read_items(
+            &mut reader(
+                "i.item",
+                "item_id:token\tdescription:token_seq\na\tx\tEXTRA\nb\tDesc\n",
+            ),
+            &mut builder,
+        )
+        .unwrap();
         let corpus = builder.finish();
-        assert_eq!(meta_of(&corpus, "a"), None);
-        assert_eq!(meta_of(&corpus, "b").unwrap().description.as_deref(), Some("Desc"));
+        assert_eq!(corpus.meta_of("a"), None);
+        assert_eq!(
+            corpus.meta_of("b").unwrap().description.as_deref(),
+            Some("Desc")
+        );
         assert_eq!(corpus.stats.skipped_lines, 1);
 
         let mut builder = read_interactions(&mut reader("i.inter", inter), OnError::Fail).unwrap();
-        let err = read_items(&mut reader("i.item", "item_id:token\ttitle:token_seq\n\n\tT\n"), &mut builder).unwrap_err();
+        let err = read_items(
+            &mut reader("i.item", "item_id:token\ttitle:token_seq\n\n\tT\n"),
+            &mut builder,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "i.item: line 3: empty item_id");
     }
 
     #[test]
     fn category_rule() {
         assert_eq!(split_categories("Video Games"), ["Video Games"]);
-        assert_eq!(split_categories("Video Games,PC , Accessories,"), ["Video Games", "PC", "Accessories"]);
-        assert_eq!(split_categories("'Video Games', 'PC, Mac'"), ["Video Games", "PC, Mac"]);
+        assert_eq!(
+            split_categories("Video Games,PC , Accessories,"),
+            ["Video Games", "PC", "Accessories"]
+        );
+        assert_eq!(
+            split_categories("'Video Games', 'PC, Mac'"),
+            ["Video Games", "PC, Mac"]
+        );
         assert_eq!(split_categories("[\"A & B\", [\"C\"]]"), ["A & B", "C"]);
         assert_eq!(split_categories("Toys &amp; Games"), ["Toys & Games"]);
         assert_eq!(split_categories("  "), Vec::<String>::new());
@@ -507,26 +563,17 @@ mod tests {
         assert_eq!(split_categories("'A, B"), ["'A", "B"]);
     }
 
-    fn data_dir() -> Option<PathBuf> {
-        let dir = match std::env::var_os("SLIM_DATA_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/amazon"),
-        };
-        if dir.is_dir() {
-            Some(dir)
-        } else {
-            eprintln!("skipping: no Amazon data folder at {} (set SLIM_DATA_DIR)", dir.display());
-            None
-        }
-    }
-
     #[test]
     fn real_games_files() {
-        let Some(dir) = data_dir() else { return };
+        let dir = crate::testkit::amazon_data_dir();
         let games = dir.join("Video_Games");
         let mut r = LineReader::open_path(&games.join("Games-6k.test.inter")).unwrap();
         let mut builder = read_interactions(&mut r, OnError::Fail).unwrap();
-        read_items(&mut LineReader::open_path(&games.join("Games.item")).unwrap(), &mut builder).unwrap();
+        read_items(
+            &mut LineReader::open_path(&games.join("Games.item")).unwrap(),
+            &mut builder,
+        )
+        .unwrap();
         let corpus = builder.finish();
         assert_eq!(corpus.users.len(), 50_546);
         // 389,718 history items + 50,546 targets.
@@ -537,13 +584,27 @@ mod tests {
         assert_eq!(corpus.stats.meta_lines, 16_859);
         assert_eq!(corpus.stats.meta_unused, 0);
         assert_eq!(corpus.stats.skipped_lines, 0);
-        let titled = corpus.meta.iter().flatten().filter(|m| m.title.is_some()).count();
+        let titled = corpus
+            .meta
+            .iter()
+            .flatten()
+            .filter(|m| m.title.is_some())
+            .count();
         assert_eq!(titled, 16_859);
         // The first user's history: "0 1 ... 13" then target 14, in file order.
         let first: Vec<&str> = (0..15).map(|k| corpus.items.get(corpus.item[k])).collect();
         assert_eq!(first, (0..15).map(|i| i.to_string()).collect::<Vec<_>>());
-        assert_eq!(meta_of(&corpus, "0").unwrap().title.as_deref(), Some("Fire Emblem: The Sacred Stones"));
+        assert_eq!(
+            corpus.meta_of("0").unwrap().title.as_deref(),
+            Some("Fire Emblem: The Sacred Stones")
+        );
         // Entities are decoded.
-        assert!(!corpus.meta.iter().flatten().any(|m| m.title.as_deref().unwrap().contains("&amp;")));
+        assert!(
+            !corpus
+                .meta
+                .iter()
+                .flatten()
+                .any(|m| m.title.as_deref().unwrap().contains("&amp;"))
+        );
     }
 }

@@ -43,7 +43,10 @@ impl fmt::Debug for LineReader {
 
 impl LineReader {
     /// Wraps any reader; gzip is detected from the magic bytes, not from the file name.
-    pub fn new(name: impl Into<String>, reader: impl Read + Send + 'static) -> Result<Self, SourceError> {
+    pub fn new(
+        name: impl Into<String>,
+        reader: impl Read + Send + 'static,
+    ) -> Result<Self, SourceError> {
         let name = name.into();
         let mut buffered = BufReader::with_capacity(256 * 1024, reader);
         let head = buffered.fill_buf().map_err(|e| SourceError::Open {
@@ -54,7 +57,10 @@ impl LineReader {
             return Err(SourceError::Empty { file: name });
         }
         let inner: Box<dyn BufRead + Send> = if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(BufReader::with_capacity(256 * 1024, MultiGzDecoder::new(buffered)))
+            Box::new(BufReader::with_capacity(
+                256 * 1024,
+                MultiGzDecoder::new(buffered),
+            ))
         } else {
             Box::new(buffered)
         };
@@ -82,12 +88,13 @@ impl LineReader {
             Location::Local(path) => Self::open_path(path),
             Location::S3 { .. } => {
                 let name = location.to_string();
-                let reader = crate::store::s3::blocking_object_reader(location, s3).map_err(|e| {
-                    SourceError::Open {
-                        file: name.clone(),
-                        message: format!("{e:#}"),
-                    }
-                })?;
+                let reader =
+                    crate::store::s3::blocking_object_reader(location, s3).map_err(|e| {
+                        SourceError::Open {
+                            file: name.clone(),
+                            message: format!("{e:#}"),
+                        }
+                    })?;
                 Self::new(name, reader)
             }
         }
@@ -153,10 +160,12 @@ mod tests {
     #[test]
     fn reads_plain_and_gzip_alike() {
         let text = "a\r\nb\n\nc";
-        let mut plain = LineReader::new("plain", std::io::Cursor::new(text.as_bytes().to_vec())).unwrap();
+        let mut plain =
+            LineReader::new("plain", std::io::Cursor::new(text.as_bytes().to_vec())).unwrap();
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(text.as_bytes()).unwrap();
-        let mut zipped = LineReader::new("zipped", std::io::Cursor::new(gz.finish().unwrap())).unwrap();
+        let mut zipped =
+            LineReader::new("zipped", std::io::Cursor::new(gz.finish().unwrap())).unwrap();
         let expected = vec!["a", "b", "", "c"];
         assert_eq!(lines(&mut plain), expected);
         assert_eq!(lines(&mut zipped), expected);

@@ -150,14 +150,16 @@ fn named_entity(name: &str) -> Option<char> {
 
 /// The HTML named entities for U+00A1..=U+00FF, in code point order.
 const LATIN1_NAMES: [&str; 95] = [
-    "iexcl", "cent", "pound", "curren", "yen", "brvbar", "sect", "uml", "copy", "ordf", "laquo", "not", "shy",
-    "reg", "macr", "deg", "plusmn", "sup2", "sup3", "acute", "micro", "para", "middot", "cedil", "sup1", "ordm",
-    "raquo", "frac14", "frac12", "frac34", "iquest", "Agrave", "Aacute", "Acirc", "Atilde", "Auml", "Aring",
-    "AElig", "Ccedil", "Egrave", "Eacute", "Ecirc", "Euml", "Igrave", "Iacute", "Icirc", "Iuml", "ETH", "Ntilde",
-    "Ograve", "Oacute", "Ocirc", "Otilde", "Ouml", "times", "Oslash", "Ugrave", "Uacute", "Ucirc", "Uuml",
-    "Yacute", "THORN", "szlig", "agrave", "aacute", "acirc", "atilde", "auml", "aring", "aelig", "ccedil",
-    "egrave", "eacute", "ecirc", "euml", "igrave", "iacute", "icirc", "iuml", "eth", "ntilde", "ograve", "oacute",
-    "ocirc", "otilde", "ouml", "divide", "oslash", "ugrave", "uacute", "ucirc", "uuml", "yacute", "thorn", "yuml",
+    "iexcl", "cent", "pound", "curren", "yen", "brvbar", "sect", "uml", "copy", "ordf", "laquo",
+    "not", "shy", "reg", "macr", "deg", "plusmn", "sup2", "sup3", "acute", "micro", "para",
+    "middot", "cedil", "sup1", "ordm", "raquo", "frac14", "frac12", "frac34", "iquest", "Agrave",
+    "Aacute", "Acirc", "Atilde", "Auml", "Aring", "AElig", "Ccedil", "Egrave", "Eacute", "Ecirc",
+    "Euml", "Igrave", "Iacute", "Icirc", "Iuml", "ETH", "Ntilde", "Ograve", "Oacute", "Ocirc",
+    "Otilde", "Ouml", "times", "Oslash", "Ugrave", "Uacute", "Ucirc", "Uuml", "Yacute", "THORN",
+    "szlig", "agrave", "aacute", "acirc", "atilde", "auml", "aring", "aelig", "ccedil", "egrave",
+    "eacute", "ecirc", "euml", "igrave", "iacute", "icirc", "iuml", "eth", "ntilde", "ograve",
+    "oacute", "ocirc", "otilde", "ouml", "divide", "oslash", "ugrave", "uacute", "ucirc", "uuml",
+    "yacute", "thorn", "yuml",
 ];
 
 fn latin1_entity(name: &str) -> Option<char> {
@@ -172,7 +174,11 @@ pub fn collapse_whitespace(s: &str) -> Cow<'_, str> {
     let clean = {
         let mut prev_space = false;
         trimmed.chars().all(|c| {
-            let ok = if c.is_whitespace() { c == ' ' && !prev_space } else { true };
+            let ok = if c.is_whitespace() {
+                c == ' ' && !prev_space
+            } else {
+                true
+            };
             prev_space = c.is_whitespace();
             ok
         })
@@ -245,7 +251,9 @@ mod tests {
     #[test]
     fn decodes_the_basic_entities() {
         assert_eq!(
-            decode_entities("Mario &amp; Sonic &quot;Olympic&quot; Tom Clancy&#39;s &apos;x&apos; &lt;b&gt;"),
+            decode_entities(
+                "Mario &amp; Sonic &quot;Olympic&quot; Tom Clancy&#39;s &apos;x&apos; &lt;b&gt;"
+            ),
             "Mario & Sonic \"Olympic\" Tom Clancy's 'x' <b>"
         );
         assert_eq!(decode_entities("a&nbsp;b"), "a\u{a0}b");
@@ -260,7 +268,9 @@ mod tests {
     #[test]
     fn decodes_latin1_and_typographic_names() {
         assert_eq!(
-            decode_entities("Pok&eacute;mon&reg; Halo&trade; 3 &ndash; &ldquo;x&rdquo; &copy;&yuml;&iexcl;"),
+            decode_entities(
+                "Pok&eacute;mon&reg; Halo&trade; 3 &ndash; &ldquo;x&rdquo; &copy;&yuml;&iexcl;"
+            ),
             "Pokémon® Halo™ 3 – “x” ©ÿ¡"
         );
     }
@@ -268,8 +278,19 @@ mod tests {
     #[test]
     fn leaves_unknown_and_broken_entities_alone() {
         for s in [
-            "AT&T", "a & b", "&bogus;", "&amp", "&#;", "&#x;", "&#12a;", "&#0;", "&#xD800;", "&#99999999999;",
-            "&verylongentityname;", "&", "x&",
+            "AT&T",
+            "a & b",
+            "&bogus;",
+            "&amp",
+            "&#;",
+            "&#x;",
+            "&#12a;",
+            "&#0;",
+            "&#xD800;",
+            "&#99999999999;",
+            "&verylongentityname;",
+            "&",
+            "x&",
         ] {
             assert_eq!(decode_entities(s), s, "{s}");
         }
@@ -280,8 +301,14 @@ mod tests {
     #[test]
     fn borrows_when_nothing_to_do() {
         assert!(matches!(decode_entities("plain title"), Cow::Borrowed(_)));
-        assert!(matches!(collapse_whitespace("plain title"), Cow::Borrowed(_)));
-        assert!(matches!(collapse_whitespace("  plain title \n"), Cow::Borrowed("plain title")));
+        assert!(matches!(
+            collapse_whitespace("plain title"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            collapse_whitespace("  plain title \n"),
+            Cow::Borrowed("plain title")
+        ));
     }
 
     #[test]
@@ -293,7 +320,10 @@ mod tests {
 
     #[test]
     fn clean_decodes_then_collapses() {
-        assert_eq!(clean("  Mario&nbsp;&amp;\n Sonic "), Some("Mario & Sonic".to_string()));
+        assert_eq!(
+            clean("  Mario&nbsp;&amp;\n Sonic "),
+            Some("Mario & Sonic".to_string())
+        );
         assert_eq!(clean(" &nbsp; "), None);
         assert_eq!(clean(""), None);
     }
@@ -301,7 +331,10 @@ mod tests {
     #[test]
     fn text_of_strings_and_lists() {
         assert_eq!(text_of(&json!("  one  ")), Some("one".to_string()));
-        assert_eq!(text_of(&json!(["one", " ", "two &amp; three", 5, ["four"]])), Some("one two & three four".to_string()));
+        assert_eq!(
+            text_of(&json!(["one", " ", "two &amp; three", 5, ["four"]])),
+            Some("one two & three four".to_string())
+        );
         assert_eq!(text_of(&json!([])), None);
         assert_eq!(text_of(&json!(["", "  "])), None);
         assert_eq!(text_of(&json!("")), None);

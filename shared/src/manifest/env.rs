@@ -82,7 +82,10 @@ mod tests {
 
     #[test]
     fn expands_variables_and_defaults() {
-        assert_eq!(expand("http://${HOST}/v1", env).unwrap(), "http://example.org/v1");
+        assert_eq!(
+            expand("http://${HOST}/v1", env).unwrap(),
+            "http://example.org/v1"
+        );
         assert_eq!(expand("${NOPE:-local}", env).unwrap(), "local");
         assert_eq!(expand("${EMPTY:-fallback}", env).unwrap(), "fallback");
         assert_eq!(expand("cost $$5 and $x", env).unwrap(), "cost $5 and $x");

@@ -294,7 +294,10 @@ impl LoadedManifest {
     /// Reads and validates a manifest file; every problem is reported at once.
     pub fn load(path: &Path) -> Result<Self, Problems> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Problems::single(Problem::new("", format!("cannot read {}: {e}", path.display())))
+            Problems::single(Problem::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            ))
         })?;
         let base_dir = path
             .parent()
@@ -317,8 +320,7 @@ impl LoadedManifest {
 
     /// The job's output root (`{output}`), parsed.
     pub fn output_root(&self) -> Location {
-        Location::parse(&self.manifest.job.output, &self.base_dir)
-            .expect("validated at load time")
+        Location::parse(&self.manifest.job.output, &self.base_dir).expect("validated at load time")
     }
 
     /// The job's own prefix inside the output root: `{job_id}`.

@@ -136,28 +136,36 @@ pub(super) fn parse_and_validate(text: &str, base_dir: &Path) -> Result<Manifest
     let mut expansion_errors = Vec::new();
     let lookup = |name: &str| std::env::var(name).ok();
     for (key, value) in table.iter_mut() {
-        expand_value(value, &mut vec![key.clone()], &lookup, &mut expansion_errors);
+        expand_value(
+            value,
+            &mut vec![key.clone()],
+            &lookup,
+            &mut expansion_errors,
+        );
     }
     for (path, var) in expansion_errors {
         problems.push(Problem::new(
             path,
-            format!("environment variable {var} is not set (write ${{{var}:-default}} for a fallback)"),
+            format!(
+                "environment variable {var} is not set (write ${{{var}:-default}} for a fallback)"
+            ),
         ));
     }
 
     let manifest = deserialize_collecting(table, &mut problems);
-    let reported: BTreeSet<String> = problems.iter().map(|p| p.path.clone()).collect();
-    let mut checks = Vec::new();
-    check_semantics(&manifest, base_dir, &mut checks);
-    problems.extend(checks.into_iter().filter(|p| !reported.contains(&p.path)));
+    if let Some(manifest) = &manifest {
+        let reported: BTreeSet<String> = problems.iter().map(|p| p.path.clone()).collect();
+        let mut checks = Vec::new();
+        check_semantics(manifest, base_dir, &mut checks);
+        problems.extend(checks.into_iter().filter(|p| !reported.contains(&p.path)));
+    }
 
-    if problems.is_empty() {
-        Ok(manifest)
-    } else {
-        Err(Problems {
+    match manifest {
+        Some(manifest) if problems.is_empty() => Ok(manifest),
+        _ => Err(Problems {
             file: String::new(),
             problems,
-        })
+        }),
     }
 }
 
@@ -188,13 +196,16 @@ fn reject_secrets(table: &mut toml::Table, path: &mut Vec<String>, problems: &mu
     }
 }
 
-/// Deserializes, recording and patching each error until the manifest parses.
-fn deserialize_collecting(mut table: toml::Table, problems: &mut Vec<Problem>) -> Manifest {
+/// Deserializes, recording and patching each error until the manifest parses. `None` when
+/// patching could not converge (the problems found so far are still recorded).
+fn deserialize_collecting(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option<Manifest> {
     let patches = toml::Table::try_from(example()).expect("the example manifest serializes");
     let mut reported = BTreeSet::new();
     for _ in 0..200 {
-        let error = match serde_path_to_error::deserialize::<_, Manifest>(toml::Value::Table(table.clone())) {
-            Ok(manifest) => return manifest,
+        let error = match serde_path_to_error::deserialize::<_, Manifest>(toml::Value::Table(
+            table.clone(),
+        )) {
+            Ok(manifest) => return Some(manifest),
             Err(error) => error,
         };
         let parent: Vec<String> = error
@@ -217,9 +228,7 @@ fn deserialize_collecting(mut table: toml::Table, problems: &mut Vec<Problem>) -
             },
         }
     }
-    // The loop only ends here if patching could not converge; fall back to the example so the
-    // caller still reports the problems found.
-    example()
+    None
 }
 
 enum Fix {
@@ -230,9 +239,13 @@ enum Fix {
 /// Turns one serde error at `parent` into (key path, message for people, how to patch).
 fn classify(parent: &[String], message: &str) -> (Vec<String>, String, Fix) {
     let quoted = backticked(message);
+    // serde_path_to_error's path ends at the offending key for unknown keys but at the parent
+    // for missing ones: append the key only when it is not there yet.
     let join = |key: &str| {
         let mut path = parent.to_vec();
-        path.push(key.to_string());
+        if path.last().map(String::as_str) != Some(key) {
+            path.push(key.to_string());
+        }
         path
     };
     if message.starts_with("unknown field") {
@@ -352,7 +365,9 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
     if !id_ok {
         problem(
             "job.id",
-            format!("{id:?} is not a valid job id: use 1 to 63 lowercase letters, digits, `-` or `_`"),
+            format!(
+                "{id:?} is not a valid job id: use 1 to 63 lowercase letters, digits, `-` or `_`"
+            ),
         );
     }
     if let Err(e) = Location::parse(&m.job.output, base_dir) {
@@ -366,7 +381,10 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
 
     let p = &m.prepare;
     if p.k_core == 0 {
-        problem("prepare.k_core", "must be at least 1 (1 keeps every user and item)".into());
+        problem(
+            "prepare.k_core",
+            "must be at least 1 (1 keeps every user and item)".into(),
+        );
     }
     if p.users_per_shard == 0 {
         problem("prepare.users_per_shard", "must be at least 1".into());
@@ -379,10 +397,16 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
     if let Some(endpoint) = &s.endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
     {
-        problem("storage.endpoint", format!("{endpoint:?} must start with http:// or https://"));
+        problem(
+            "storage.endpoint",
+            format!("{endpoint:?} must start with http:// or https://"),
+        );
     }
     if s.part_size_mib < 5 {
-        problem("storage.part_size_mib", "S3 parts must be at least 5 MiB".into());
+        problem(
+            "storage.part_size_mib",
+            "S3 parts must be at least 5 MiB".into(),
+        );
     }
     if s.multipart_threshold_mib < s.part_size_mib {
         problem(
@@ -410,7 +434,10 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
         problem("teacher.model", "must name a model".into());
     }
     if !(t.temperature >= 0.0 && t.temperature.is_finite()) {
-        problem("teacher.temperature", "must be 0 or more (0 is greedy)".into());
+        problem(
+            "teacher.temperature",
+            "must be 0 or more (0 is greedy)".into(),
+        );
     }
     if !(t.top_p > 0.0 && t.top_p <= 1.0) {
         problem("teacher.top_p", "must be in (0, 1]".into());
@@ -429,9 +456,17 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
     if !(0.0..1.0).contains(&st.lora_dropout) {
         problem("student.lora_dropout", "must be in [0, 1)".into());
     }
-    check_names(&st.lora_targets, LORA_TARGETS, "student.lora_targets", &mut problem);
+    check_names(
+        &st.lora_targets,
+        LORA_TARGETS,
+        "student.lora_targets",
+        &mut problem,
+    );
     if st.lora_targets.is_empty() {
-        problem("student.lora_targets", "must name at least one projection".into());
+        problem(
+            "student.lora_targets",
+            "must name at least one projection".into(),
+        );
     }
 
     let e = &m.encoder;
@@ -446,7 +481,10 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
         problem("train.seeds", "must list at least one seed".into());
     }
     if tr.eval_negatives == 0 {
-        problem("train.eval_negatives", "must be at least 1 (the paper uses 100)".into());
+        problem(
+            "train.eval_negatives",
+            "must be at least 1 (the paper uses 100)".into(),
+        );
     }
     if tr.embedding_dim == 0 {
         problem("train.embedding_dim", "must be at least 1".into());
@@ -475,19 +513,29 @@ fn check_env_name(name: &str, path: &str, problem: &mut impl FnMut(&str, String)
     if !ok {
         problem(
             path,
-            format!("{name:?} is not an environment variable name (this key names the variable, it does not hold the secret)"),
+            format!(
+                "{name:?} is not an environment variable name (this key names the variable, it does not hold the secret)"
+            ),
         );
     }
 }
 
-fn check_names(given: &[String], valid: &[&str], path: &str, problem: &mut impl FnMut(&str, String)) {
+fn check_names(
+    given: &[String],
+    valid: &[&str],
+    path: &str,
+    problem: &mut impl FnMut(&str, String),
+) {
     for (i, name) in given.iter().enumerate() {
         if !valid.contains(&name.as_str()) {
             let hint = match nearest(name, valid) {
                 Some(best) => format!("did you mean `{best}`?"),
                 None => format!("valid: {}", valid.join(", ")),
             };
-            problem(&format!("{path}.{i}"), format!("unknown name {name:?}; {hint}"));
+            problem(
+                &format!("{path}.{i}"),
+                format!("unknown name {name:?}; {hint}"),
+            );
         }
     }
 }
@@ -560,13 +608,20 @@ x = 1
             let found = found.unwrap_or_else(|| panic!("no problem at {path} in:\n{text}"));
             assert!(found.message.contains(needle), "{path}: {}", found.message);
         }
-        assert!(!text.contains("sk-123"), "the secret leaked into the report");
+        assert!(
+            !text.contains("sk-123"),
+            "the secret leaked into the report"
+        );
     }
 
     #[test]
     fn missing_required_keys_are_named() {
         let dir = data_dir();
-        let problems = parse_and_validate("[job]\nid = \"a\"\n[data]\nformat = \"recbole\"\n", dir.path()).unwrap_err();
+        let problems = parse_and_validate(
+            "[job]\nid = \"a\"\n[data]\nformat = \"recbole\"\n",
+            dir.path(),
+        )
+        .unwrap_err();
         assert!(problems.has("job.output"), "{problems}");
         assert!(problems.has("data.reviews"), "{problems}");
         let problems = parse_and_validate("", dir.path()).unwrap_err();
@@ -577,14 +632,18 @@ x = 1
     #[test]
     fn syntax_errors_name_the_line() {
         let dir = data_dir();
-        let problems = parse_and_validate("[job]\nid = \"a\"\noutput = \n", dir.path()).unwrap_err();
+        let problems =
+            parse_and_validate("[job]\nid = \"a\"\noutput = \n", dir.path()).unwrap_err();
         assert!(problems.to_string().contains("line 3"), "{problems}");
     }
 
     #[test]
     fn environment_references_are_expanded() {
         let dir = data_dir();
-        let text = GOOD.replace("output = \"out\"", "output = \"${SLIM_TEST_UNSET_OUT:-fallback}\"");
+        let text = GOOD.replace(
+            "output = \"out\"",
+            "output = \"${SLIM_TEST_UNSET_OUT:-fallback}\"",
+        );
         let m = parse_and_validate(&text, dir.path()).unwrap();
         assert_eq!(m.job.output, "fallback");
         let text = GOOD.replace("output = \"out\"", "output = \"${SLIM_TEST_UNSET_OUT}\"");

@@ -35,16 +35,23 @@ impl LocalStore {
 
     /// The file path of a (checked) key.
     fn path_of(&self, key: &str) -> PathBuf {
-        key.split('/').fold(self.root.clone(), |path, part| path.join(part))
+        key.split('/')
+            .fold(self.root.clone(), |path, part| path.join(part))
     }
 
     /// Checks a key for use as an object name.
     fn checked(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
-        if key.rsplit('/').next().is_some_and(|name| name.starts_with(TEMP_PREFIX)) {
+        if key
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with(TEMP_PREFIX))
+        {
             return Err(StoreError::InvalidKey {
                 key: key.to_string(),
-                message: format!("names starting with {TEMP_PREFIX:?} are reserved for temporary files"),
+                message: format!(
+                    "names starting with {TEMP_PREFIX:?} are reserved for temporary files"
+                ),
             });
         }
         Ok(self.path_of(key))
@@ -64,7 +71,10 @@ impl LocalStore {
         fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
     ) -> Result<(), StoreError> {
         let parent = path.parent().ok_or_else(|| {
-            Self::io_error(path, io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))
+            Self::io_error(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"),
+            )
         })?;
         fs::create_dir_all(parent).map_err(|e| Self::io_error(parent, e))?;
         let mut temp = tempfile::Builder::new()
@@ -72,9 +82,14 @@ impl LocalStore {
             .tempfile_in(parent)
             .map_err(|e| Self::io_error(parent, e))?;
         fill(temp.as_file_mut()).map_err(|e| Self::io_error(path, e))?;
-        temp.as_file_mut().flush().map_err(|e| Self::io_error(path, e))?;
-        temp.as_file().sync_all().map_err(|e| Self::io_error(path, e))?;
-        temp.persist(path).map_err(|e| Self::io_error(path, e.error))?;
+        temp.as_file_mut()
+            .flush()
+            .map_err(|e| Self::io_error(path, e))?;
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| Self::io_error(path, e))?;
+        temp.persist(path)
+            .map_err(|e| Self::io_error(path, e.error))?;
         // Make the rename itself durable. Not every filesystem supports fsync on a directory.
         if let Ok(dir) = fs::File::open(parent)
             && let Err(e) = dir.sync_all()
@@ -90,19 +105,29 @@ async fn blocking<T: Send + 'static>(
     path: &Path,
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Io {
-        uri: path.display().to_string(),
-        source: io::Error::other(format!("filesystem task failed: {e}")),
-    })?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Io {
+            uri: path.display().to_string(),
+            source: io::Error::other(format!("filesystem task failed: {e}")),
+        })?
 }
 
 fn is_missing(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory)
+    matches!(
+        error.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory
+    )
 }
 
 /// Collects the files under `dir` whose key (relative to the store root, `key_dir` being the key
 /// of `dir` itself) starts with `prefix`.
-fn walk(dir: &Path, key_dir: &str, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
+fn walk(
+    dir: &Path,
+    key_dir: &str,
+    prefix: &str,
+    out: &mut Vec<ObjectInfo>,
+) -> Result<(), StoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if is_missing(&e) => return Ok(()),
@@ -123,7 +148,9 @@ fn walk(dir: &Path, key_dir: &str, prefix: &str, out: &mut Vec<ObjectInfo>) -> R
         } else {
             format!("{key_dir}/{name}")
         };
-        let file_type = entry.file_type().map_err(|e| LocalStore::io_error(&path, e))?;
+        let file_type = entry
+            .file_type()
+            .map_err(|e| LocalStore::io_error(&path, e))?;
         if file_type.is_dir() {
             // Only descend where keys below could still match the prefix.
             let below = format!("{key}/");
@@ -137,7 +164,10 @@ fn walk(dir: &Path, key_dir: &str, prefix: &str, out: &mut Vec<ObjectInfo>) -> R
         }
         // Follows symlinks to files; a dangling link or a link to a directory is not an object.
         match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => out.push(ObjectInfo { key, size: meta.len() }),
+            Ok(meta) if meta.is_file() => out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+            }),
             Ok(_) => {}
             Err(e) if is_missing(&e) => {}
             Err(e) => return Err(LocalStore::io_error(&path, e)),
@@ -152,7 +182,10 @@ impl Store for LocalStore {
         let path = self.checked(key)?;
         tracing::debug!(path = %path.display(), bytes = body.len(), "writing object");
         let target = path.clone();
-        blocking(&path, move || Self::write_atomically(&target, |file| file.write_all(&body))).await
+        blocking(&path, move || {
+            Self::write_atomically(&target, |file| file.write_all(&body))
+        })
+        .await
     }
 
     async fn put_file(&self, key: &str, source: &Path) -> Result<(), StoreError> {
@@ -196,7 +229,10 @@ impl Store for LocalStore {
             check_key(prefix.strip_suffix('/').unwrap_or(prefix))?;
         }
         // Start the walk at the deepest directory the prefix names in full.
-        let key_dir = prefix.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
+        let key_dir = prefix
+            .rsplit_once('/')
+            .map_or("", |(dir, _)| dir)
+            .to_string();
         let dir = if key_dir.is_empty() {
             self.root.clone()
         } else {
@@ -217,7 +253,12 @@ impl Store for LocalStore {
         let path = self.checked(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                Ok(())
+            }
             Err(e) => Err(Self::io_error(&path, e)),
         }
     }
@@ -235,13 +276,25 @@ mod tests {
     async fn refuses_reserved_names_and_skips_leftover_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_path_buf());
-        let err = store.put(&format!("a/{TEMP_PREFIX}x"), Bytes::from_static(b"x")).await;
+        let err = store
+            .put(&format!("a/{TEMP_PREFIX}x"), Bytes::from_static(b"x"))
+            .await;
         assert!(matches!(err, Err(StoreError::InvalidKey { .. })), "{err:?}");
 
         store.put("a/b", Bytes::from_static(b"b")).await.unwrap();
         // A temporary file left behind by a crashed writer.
-        fs::write(dir.path().join("a").join(format!("{TEMP_PREFIX}crash")), b"half").unwrap();
-        let keys: Vec<_> = store.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        fs::write(
+            dir.path().join("a").join(format!("{TEMP_PREFIX}crash")),
+            b"half",
+        )
+        .unwrap();
+        let keys: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, ["a/b"]);
     }
 

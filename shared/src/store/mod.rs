@@ -23,7 +23,10 @@ use std::sync::Arc;
 pub enum Location {
     Local(PathBuf),
     /// `s3://bucket/key`; `key` has no leading slash and may be empty.
-    S3 { bucket: String, key: String },
+    S3 {
+        bucket: String,
+        key: String,
+    },
 }
 
 impl Location {
@@ -59,8 +62,15 @@ impl Location {
     /// This location with `key` appended (`/`-separated).
     pub fn join(&self, key: &str) -> Location {
         match self {
-            Location::Local(path) => Location::Local(key.split('/').filter(|p| !p.is_empty()).fold(path.clone(), |p, part| p.join(part))),
-            Location::S3 { bucket, key: prefix } => Location::S3 {
+            Location::Local(path) => Location::Local(
+                key.split('/')
+                    .filter(|p| !p.is_empty())
+                    .fold(path.clone(), |p, part| p.join(part)),
+            ),
+            Location::S3 {
+                bucket,
+                key: prefix,
+            } => Location::S3 {
                 bucket: bucket.clone(),
                 key: join_key(prefix, key),
             },
@@ -209,7 +219,10 @@ pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     if key.starts_with('/') {
         return bad("keys are relative to the store's root");
     }
-    if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+    if key
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
         return bad("empty, `.` or `..` path segment");
     }
     Ok(())
@@ -224,18 +237,33 @@ mod tests {
         let base = Path::new("/jobs");
         assert_eq!(
             Location::parse("s3://bkt/a/b/", base).unwrap(),
-            Location::S3 { bucket: "bkt".into(), key: "a/b".into() }
+            Location::S3 {
+                bucket: "bkt".into(),
+                key: "a/b".into()
+            }
         );
         assert_eq!(
             Location::parse("s3://bkt", base).unwrap(),
-            Location::S3 { bucket: "bkt".into(), key: "".into() }
+            Location::S3 {
+                bucket: "bkt".into(),
+                key: "".into()
+            }
         );
-        assert_eq!(Location::parse("out", base).unwrap(), Location::Local("/jobs/out".into()));
-        assert_eq!(Location::parse("/abs", base).unwrap(), Location::Local("/abs".into()));
+        assert_eq!(
+            Location::parse("out", base).unwrap(),
+            Location::Local("/jobs/out".into())
+        );
+        assert_eq!(
+            Location::parse("/abs", base).unwrap(),
+            Location::Local("/abs".into())
+        );
         assert!(Location::parse("s3:///x", base).is_err());
         assert!(Location::parse("gs://bkt/x", base).is_err());
         let s3 = Location::parse("s3://bkt/p", base).unwrap();
-        assert_eq!(s3.join("job/data/users.parquet").to_string(), "s3://bkt/p/job/data/users.parquet");
+        assert_eq!(
+            s3.join("job/data/users.parquet").to_string(),
+            "s3://bkt/p/job/data/users.parquet"
+        );
     }
 
     #[test]

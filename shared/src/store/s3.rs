@@ -38,12 +38,13 @@ pub struct S3Store {
     multipart_threshold: u64,
     part_size: u64,
     list_page_size: Option<i32>,
+    max_attempts: u32,
 }
 
 /// Builds an S3 client from `settings`: endpoint, region, addressing style, credentials from the
 /// named environment variables, retries, and checksums only where the API requires them
 /// (S3-compatible servers such as Garage reject or mishandle the newer default checksums).
-pub fn client(settings: &S3Settings) -> Result<Client, String> {
+pub fn build_client(settings: &S3Settings) -> Result<Client, String> {
     let credential = |var: &str, what: &str| match std::env::var(var) {
         Ok(value) if !value.is_empty() => Ok(value),
         _ => Err(format!(
@@ -58,7 +59,11 @@ pub fn client(settings: &S3Settings) -> Result<Client, String> {
         .endpoint
         .clone()
         .filter(|e| !e.is_empty())
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty()));
+        .or_else(|| {
+            std::env::var("AWS_ENDPOINT_URL")
+                .ok()
+                .filter(|e| !e.is_empty())
+        });
     let region = settings
         .region
         .clone()
@@ -97,7 +102,11 @@ pub fn client(settings: &S3Settings) -> Result<Client, String> {
 impl S3Store {
     /// A store rooted at `s3://bucket/prefix`. Fails when the settings are unusable (missing
     /// credentials, bad part sizes); does not contact the server.
-    pub async fn connect(bucket: &str, prefix: &str, settings: &S3Settings) -> Result<Self, StoreError> {
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        settings: &S3Settings,
+    ) -> Result<Self, StoreError> {
         let prefix = prefix.trim_matches('/').to_string();
         let root = Location::S3 {
             bucket: bucket.to_string(),
@@ -113,7 +122,7 @@ impl S3Store {
         if settings.part_size_mib == 0 {
             return Err(invalid("part_size_mib must be at least 1".into()));
         }
-        let client = client(settings).map_err(invalid)?;
+        let client = build_client(settings).map_err(invalid)?;
         let mut part_size = settings.part_size_mib * MIB;
         if part_size < MIN_PART_SIZE {
             tracing::warn!(
@@ -129,6 +138,7 @@ impl S3Store {
             multipart_threshold: settings.multipart_threshold_mib * MIB,
             part_size,
             list_page_size: None,
+            max_attempts: settings.max_attempts.max(1),
         })
     }
 
@@ -174,7 +184,12 @@ impl S3Store {
 
     /// Uploads `size` bytes in parts; `part_body(offset, length)` yields each part's body.
     /// The upload is aborted on any failure, and also when this future is dropped half-way.
-    async fn put_multipart<F, Fut>(&self, key: &str, size: u64, part_body: F) -> Result<(), StoreError>
+    async fn put_multipart<F, Fut>(
+        &self,
+        key: &str,
+        size: u64,
+        part_body: F,
+    ) -> Result<(), StoreError>
     where
         F: Fn(u64, u64) -> Fut,
         Fut: Future<Output = Result<ByteStream, StoreError>>,
@@ -241,7 +256,11 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(&object_key)
                 .upload_id(upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map(drop)
@@ -281,7 +300,8 @@ impl AbortOnDrop {
     fn request(
         &self,
         upload_id: String,
-    ) -> aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder {
+    ) -> aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder
+    {
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -314,7 +334,9 @@ impl Drop for AbortOnDrop {
                     }
                 });
             }
-            Err(_) => tracing::warn!(%uri, "multipart upload cancelled outside a runtime; it was not aborted"),
+            Err(_) => {
+                tracing::warn!(%uri, "multipart upload cancelled outside a runtime; it was not aborted")
+            }
         }
     }
 }
@@ -332,7 +354,9 @@ where
         None => status == Some(404),
     };
     if not_found {
-        return StoreError::NotFound { uri: uri.to_string() };
+        return StoreError::NotFound {
+            uri: uri.to_string(),
+        };
     }
     let mut message = DisplayErrorContext(&error).to_string();
     if let Some(status) = status {
@@ -399,19 +423,33 @@ impl Store for S3Store {
         check_key(key)?;
         let object_key = self.object_key(key);
         let uri = self.uri(&object_key);
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&uri, e))?;
-        let data = output.body.collect().await.map_err(|e| StoreError::Remote {
-            uri: uri.clone(),
-            message: format!("reading the object failed: {}", DisplayErrorContext(&e)),
-        })?;
-        Ok(data.into_bytes())
+        // The SDK retries failed requests but not a body that breaks off half-way (a dropped
+        // connection, or Garage cutting the stream of a version that a concurrent PUT just
+        // replaced), so whole GETs are retried here. A partial body is never returned.
+        let mut attempt = 1;
+        loop {
+            let output = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&object_key)
+                .send()
+                .await
+                .map_err(|e| sdk_error(&uri, e))?;
+            match output.body.collect().await {
+                Ok(data) => return Ok(data.into_bytes()),
+                Err(e) if attempt < self.max_attempts => {
+                    tracing::debug!(%uri, attempt, error = %DisplayErrorContext(&e), "object body broke off; reading it again");
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(StoreError::Remote {
+                        uri,
+                        message: format!("reading the object failed: {}", DisplayErrorContext(&e)),
+                    });
+                }
+            }
+        }
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
@@ -523,7 +561,7 @@ pub fn blocking_object_reader(
              (tokio::task::spawn_blocking)"
         )
     })?;
-    let client = client(settings).map_err(|message| anyhow::anyhow!(message))?;
+    let client = build_client(settings).map_err(|message| anyhow::anyhow!(message))?;
     let uri = location.to_string();
     tracing::debug!(%uri, "streaming S3 object");
     let output = handle
@@ -531,7 +569,9 @@ pub fn blocking_object_reader(
         .map_err(|e| sdk_error(&uri, e))
         .with_context(|| format!("opening {uri}"))?;
     let reader = Box::pin(output.body.into_async_read());
-    Ok(Box::new(tokio_util::io::SyncIoBridge::new_with_handle(reader, handle)))
+    Ok(Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
+        reader, handle,
+    )))
 }
 
 #[cfg(test)]
@@ -561,7 +601,9 @@ mod tests {
             bucket: "bkt".into(),
             key: "k".into(),
         };
-        let err = blocking_object_reader(&location, &settings()).err().unwrap();
+        let err = blocking_object_reader(&location, &settings())
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("Tokio runtime"), "{err:#}");
     }
 
