@@ -52,11 +52,12 @@ impl Location {
             });
         }
         let path = Path::new(text);
-        Ok(Location::Local(if path.is_absolute() {
+        let joined = if path.is_absolute() {
             path.to_path_buf()
         } else {
             base.join(path)
-        }))
+        };
+        Ok(Location::Local(normalize(&joined)))
     }
 
     /// This location with `key` appended (`/`-separated).
@@ -90,6 +91,30 @@ impl fmt::Display for Location {
             Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
         }
     }
+}
+
+/// Removes `.` and resolvable `..` components without touching the file system, so paths in
+/// messages read `out/demo`, not `jobs/../out/demo`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Joins two `/`-separated key parts without doubling or leading slashes.
