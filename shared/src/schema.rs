@@ -108,6 +108,51 @@ pub struct UsersBuilder {
     rows: usize,
 }
 
+/// A columnar builder for one output's rows.
+pub trait RowBuilder: Default {
+    /// The schema of the batches it builds.
+    fn schema() -> &'static SchemaRef;
+    /// Rows pushed since the last `finish`.
+    fn pending_rows(&self) -> usize;
+    /// The rows pushed so far as one batch; the builder is empty afterwards.
+    fn finish(&mut self) -> Result<RecordBatch>;
+}
+
+/// A Parquet file written row by row: rows go to a [`RowBuilder`] and are flushed as a record
+/// batch (one row group) every [`BATCH_ROWS`], so memory stays bounded by one batch.
+pub struct ParquetFile<B: RowBuilder> {
+    writer: ArrowWriter<std::io::BufWriter<std::fs::File>>,
+    builder: B,
+}
+
+impl<B: RowBuilder> ParquetFile<B> {
+    pub fn create(path: &std::path::Path) -> Result<Self> {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            writer: writer(std::io::BufWriter::new(file), B::schema())?,
+            builder: B::default(),
+        })
+    }
+
+    /// Adds one row through `push`, flushing a full batch.
+    pub fn push(&mut self, push: impl FnOnce(&mut B)) -> Result<()> {
+        push(&mut self.builder);
+        if self.builder.pending_rows() >= BATCH_ROWS {
+            self.writer.write(&self.builder.finish()?)?;
+        }
+        Ok(())
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        if self.builder.pending_rows() > 0 {
+            self.writer.write(&self.builder.finish()?)?;
+        }
+        self.writer.close()?;
+        Ok(())
+    }
+}
+
 impl UsersBuilder {
     pub fn push(&mut self, row: UserRowRef<'_>) {
         self.user_id.append_value(row.user_id);
@@ -121,17 +166,18 @@ impl UsersBuilder {
         self.in_teacher_sample.append_value(row.in_teacher_sample);
         self.rows += 1;
     }
+}
 
-    pub fn len(&self) -> usize {
+impl RowBuilder for UsersBuilder {
+    fn schema() -> &'static SchemaRef {
+        &USERS
+    }
+
+    fn pending_rows(&self) -> usize {
         self.rows
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
-    /// The rows pushed so far as one batch; the builder is empty afterwards.
-    pub fn finish(&mut self) -> Result<RecordBatch> {
+    fn finish(&mut self) -> Result<RecordBatch> {
         self.rows = 0;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.user_id.finish()),
@@ -191,16 +237,18 @@ impl ItemsBuilder {
         self.train_count.append_value(row.train_count);
         self.rows += 1;
     }
+}
 
-    pub fn len(&self) -> usize {
+impl RowBuilder for ItemsBuilder {
+    fn schema() -> &'static SchemaRef {
+        &ITEMS
+    }
+
+    fn pending_rows(&self) -> usize {
         self.rows
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
-    pub fn finish(&mut self) -> Result<RecordBatch> {
+    fn finish(&mut self) -> Result<RecordBatch> {
         self.rows = 0;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.item_index.finish()),

@@ -254,18 +254,7 @@ pub fn is_junk_title(title: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::{Compression, write::GzEncoder};
-    use std::io::Write;
-
-    fn reader(name: &str, text: &str) -> LineReader {
-        LineReader::new(name, std::io::Cursor::new(text.as_bytes().to_vec())).unwrap()
-    }
-
-    fn gz_reader(name: &str, text: &str) -> LineReader {
-        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-        gz.write_all(text.as_bytes()).unwrap();
-        LineReader::new(name, std::io::Cursor::new(gz.finish().unwrap())).unwrap()
-    }
+    use crate::data::source::test_readers::{gz_reader, reader};
 
     fn triple(user: &str, item: &str, time: f64) -> (String, String, Option<f64>) {
         (user.to_string(), item.to_string(), Some(time))

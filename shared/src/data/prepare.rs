@@ -6,13 +6,13 @@ use super::corpus::{Corpus, ItemMeta};
 use super::preprocess::{self, PreprocessStats, Split};
 use super::{LineReader, mcauley, recbole};
 use crate::manifest::{DataFormat, LoadedManifest, PrepareSection};
-use crate::schema::{self, ItemRow, ItemsBuilder, UserRowRef, UsersBuilder};
+use crate::schema::{ItemRow, ItemsBuilder, ParquetFile, UserRowRef, UsersBuilder};
 use crate::store::{Location, S3Settings, Store, join_key};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{BufWriter, Read};
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -70,7 +70,7 @@ pub async fn run(
     let reviews = loaded.resolve(&manifest.data.reviews);
     let meta = manifest.data.meta.as_deref().map(|m| loaded.resolve(m));
     let s3 = manifest.storage.clone();
-    let params = preprocess::Params::from(&manifest.prepare);
+    let params = manifest.prepare;
     let format = manifest.data.format;
     let on_error = manifest.data.on_error;
     let include_description = manifest.encoder.include_description;
@@ -110,7 +110,7 @@ pub async fn run(
             .meta
             .as_deref()
             .map(|m| loaded.resolve(m).to_string()),
-        params: manifest.prepare.clone(),
+        params: manifest.prepare,
         ingest: corpus.stats.clone(),
         items_without_meta,
         dataset: split.stats.clone(),
@@ -270,29 +270,22 @@ pub fn render_item_text(id: &str, meta: Option<&ItemMeta>, include_description: 
 }
 
 fn write_users(corpus: &Corpus, split: &Split, path: &std::path::Path) -> Result<()> {
-    let file = BufWriter::new(std::fs::File::create(path)?);
-    let mut writer = schema::writer(file, &schema::USERS)?;
-    let mut builder = UsersBuilder::default();
+    let mut file = ParquetFile::<UsersBuilder>::create(path)?;
     for u in 0..split.user_source.len() {
-        builder.push(UserRowRef {
-            user_id: corpus.users.get(split.user_source[u]),
-            user_index: u as u32,
-            history: split.history.get(u),
-            history_length: split.history_length[u],
-            valid_item: split.valid_item[u],
-            test_item: split.test_item[u],
-            shard: split.shard[u],
-            in_teacher_sample: split.in_teacher_sample[u],
-        });
-        if builder.len() == schema::BATCH_ROWS {
-            writer.write(&builder.finish()?)?;
-        }
+        file.push(|builder| {
+            builder.push(UserRowRef {
+                user_id: corpus.users.get(split.user_source[u]),
+                user_index: u as u32,
+                history: split.history.get(u),
+                history_length: split.history_length[u],
+                valid_item: split.valid_item[u],
+                test_item: split.test_item[u],
+                shard: split.shard[u],
+                in_teacher_sample: split.in_teacher_sample[u],
+            })
+        })?;
     }
-    if !builder.is_empty() {
-        writer.write(&builder.finish()?)?;
-    }
-    writer.close()?;
-    Ok(())
+    file.close()
 }
 
 fn write_items(
@@ -301,16 +294,14 @@ fn write_items(
     include_description: bool,
     path: &std::path::Path,
 ) -> Result<()> {
-    let file = BufWriter::new(std::fs::File::create(path)?);
-    let mut writer = schema::writer(file, &schema::ITEMS)?;
-    let mut builder = ItemsBuilder::default();
+    let mut file = ParquetFile::<ItemsBuilder>::create(path)?;
     for (index, &source) in split.item_source.iter().enumerate() {
         let id = corpus.items.get(source);
         let meta = corpus.meta.get(source as usize);
         let text = render_item_text(id, meta.as_ref(), include_description);
         let has_meta = meta.is_some();
         let meta = meta.unwrap_or_default();
-        builder.push(&ItemRow {
+        let row = ItemRow {
             item_index: index as u32,
             item_id: id.to_string(),
             title: meta.title,
@@ -320,16 +311,10 @@ fn write_items(
             has_meta,
             text,
             train_count: split.item_train_count[index],
-        });
-        if builder.len() == schema::BATCH_ROWS {
-            writer.write(&builder.finish()?)?;
-        }
+        };
+        file.push(|builder| builder.push(&row))?;
     }
-    if !builder.is_empty() {
-        writer.write(&builder.finish()?)?;
-    }
-    writer.close()?;
-    Ok(())
+    file.close()
 }
 
 fn file_digest(path: &std::path::Path) -> Result<(u64, String)> {

@@ -10,29 +10,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// The preprocessing parameters (the `[prepare]` section minus what only the stage needs).
-#[derive(Debug, Clone, Copy)]
-pub struct Params {
-    pub k_core: u32,
-    pub max_history: u32,
-    pub teacher_sample: u32,
-    pub seed: u64,
-    pub users_per_shard: u32,
-    pub max_users: u32,
-}
-
-impl From<&crate::manifest::PrepareSection> for Params {
-    fn from(p: &crate::manifest::PrepareSection) -> Self {
-        Self {
-            k_core: p.k_core,
-            max_history: p.max_history,
-            teacher_sample: p.teacher_sample,
-            seed: p.seed,
-            users_per_shard: p.users_per_shard,
-            max_users: p.max_users,
-        }
-    }
-}
+/// The preprocessing parameters are the manifest's `[prepare]` section.
+pub use crate::manifest::PrepareSection as Params;
 
 /// Per-user sequences as CSR: user `u`'s items are `items[offsets[u]..offsets[u + 1]]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

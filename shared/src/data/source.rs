@@ -143,6 +143,24 @@ impl LineReader {
     }
 }
 
+/// In-memory readers for the format readers' tests.
+#[cfg(test)]
+pub(crate) mod test_readers {
+    use super::LineReader;
+    use flate2::{Compression, write::GzEncoder};
+    use std::io::Write;
+
+    pub fn reader(name: &str, text: &str) -> LineReader {
+        LineReader::new(name, std::io::Cursor::new(text.as_bytes().to_vec())).unwrap()
+    }
+
+    pub fn gz_reader(name: &str, text: &str) -> LineReader {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        LineReader::new(name, std::io::Cursor::new(gz.finish().unwrap())).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

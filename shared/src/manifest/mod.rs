@@ -82,7 +82,7 @@ pub struct DataSection {
 }
 
 /// `[prepare]`: preprocessing, deterministic for a seed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrepareSection {
     /// Keep only users and items with at least this many interactions, iterated to a fixed point.
