@@ -5,12 +5,16 @@
 //! - [`data`]: streaming ingestion of Amazon review data, preprocessing (dedupe, k-core,
 //!   leave-one-out split, sampling, sharding) and the `prepare` stage's outputs.
 //! - [`schema`]: the Parquet schemas of every output, declared once.
+//! - [`stage`]: the stages of a job and their dependencies.
+//! - [`markers`]: completion markers of tasks and stages in the store.
 //! - [`testkit`]: helpers for tests that need the real S3 server (Garage).
 //!
 //! This crate holds no ML code and knows nothing about queues: stages call into it.
 
 pub mod data;
 pub mod manifest;
+pub mod markers;
 pub mod schema;
+pub mod stage;
 pub mod store;
 pub mod testkit;

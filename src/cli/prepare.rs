@@ -39,7 +39,7 @@ pub async fn run(loaded: &LoadedManifest, progress: bool) -> Result<prepare::Sum
     }
     println!(
         "prepare: wrote {}",
-        root.join(&prepare::job_key(loaded.job_id(), "data/"))
+        root.join(&slim_shared::markers::job_key(loaded.job_id(), "data/"))
     );
     Ok(summary)
 }

@@ -6,12 +6,13 @@ use super::corpus::{Corpus, ItemMeta};
 use super::preprocess::{self, PreprocessStats, Split};
 use super::{LineReader, mcauley, recbole};
 use crate::manifest::{DataFormat, LoadedManifest, PrepareSection};
+use crate::markers::{self, PartInfo, StageManifest, job_key};
 use crate::schema::{ItemRow, ItemsBuilder, ParquetFile, UserRowRef, UsersBuilder};
-use crate::store::{Location, S3Settings, Store, join_key};
+use crate::stage::Stage;
+use crate::store::{Location, S3Settings, Store};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,31 +32,6 @@ pub struct Summary {
     pub dataset: PreprocessStats,
     pub elapsed_secs: f64,
     pub slim_version: String,
-}
-
-/// One file of a finished stage, as listed in its `_SUCCESS` manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartInfo {
-    /// Key relative to the job's folder, e.g. `data/users.parquet`.
-    pub key: String,
-    /// Rows, for Parquet files.
-    pub rows: Option<u64>,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// A stage's completion manifest (`{job}/{stage}/_SUCCESS`), written after all its parts:
-/// readers that find it know the stage is complete and which files belong to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageManifest {
-    pub stage: String,
-    pub job_id: String,
-    pub parts: Vec<PartInfo>,
-}
-
-/// The object key of a job's file: `{job_id}/{key}`.
-pub fn job_key(job_id: &str, key: &str) -> String {
-    join_key(job_id, key)
 }
 
 /// Runs the whole prepare stage for a loaded manifest, writing into `store` (rooted at the
@@ -141,7 +117,7 @@ pub async fn run(
             .put_file(&job_key(job_id, &key), &path)
             .await
             .with_context(|| format!("uploading {key}"))?;
-        let (bytes, sha256) = file_digest(&path)?;
+        let (bytes, sha256) = markers::file_digest(&path)?;
         parts.push(PartInfo {
             key,
             rows,
@@ -149,18 +125,15 @@ pub async fn run(
             sha256,
         });
     }
-    let marker = StageManifest {
-        stage: "prepare".into(),
-        job_id: job_id.clone(),
-        parts,
-    };
-    store
-        .put(
-            &job_key(job_id, "data/_SUCCESS"),
-            serde_json::to_vec_pretty(&marker)?.into(),
-        )
-        .await
-        .context("writing data/_SUCCESS")?;
+    markers::write_stage_manifest(
+        store.as_ref(),
+        &StageManifest {
+            stage: Stage::Prepare,
+            job_id: job_id.clone(),
+            parts,
+        },
+    )
+    .await?;
     Ok(summary)
 }
 
@@ -315,13 +288,6 @@ fn write_items(
         file.push(|builder| builder.push(&row))?;
     }
     file.close()
-}
-
-fn file_digest(path: &std::path::Path) -> Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut hasher)?;
-    Ok((bytes, hex::encode(hasher.finalize())))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The stage DAG of a job.
+//! The stages of a SLIM job and their dependencies (the job's DAG), named as in the
+//! object layout of ARCHITECTURE.md.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
