@@ -1,6 +1,7 @@
 //! Command-line flags and the dispatch from subcommands to library calls.
 
 mod prepare;
+mod run;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -164,17 +165,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
                 .context("the built-in demo manifest expects to run from the repository root")?,
             };
             overrides.apply(&mut loaded)?;
-            prepare::run(&loaded, !quiet).await?;
-            let pending: Vec<&str> = slim_coordinator::plan::topological_order()
-                .into_iter()
-                .skip(1)
-                .map(|s| s.name())
-                .collect();
-            eprintln!(
-                "The stages {} are not yet available in this build; the job stops after prepare.",
-                pending.join(", ")
-            );
-            Ok(ExitCode::SUCCESS)
+            run::run(loaded, !quiet).await
         }
         Command::Submit { .. }
         | Command::Coordinator

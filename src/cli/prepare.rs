@@ -11,7 +11,7 @@ pub async fn run(loaded: &LoadedManifest, progress: bool) -> Result<prepare::Sum
         .await
         .with_context(|| format!("opening the output store {root}"))?;
     tracing::info!(job = loaded.job_id(), output = %root, "prepare: starting");
-    let summary = prepare::run(loaded, store, progress).await?;
+    let (summary, _parts) = prepare::run(loaded, store, progress).await?;
     let d = &summary.dataset;
     println!(
         "prepare: {} users, {} items, {} interactions (sparsity {:.4}%), {} shards, |U'| = {}; history length p50 {} p90 {} max {}",

@@ -5,3 +5,5 @@
 //! names the concrete backend the binary was built with.
 
 pub mod backend;
+pub mod executor;
+pub mod stages;

@@ -40,7 +40,7 @@ pub async fn run(
     loaded: &LoadedManifest,
     store: Arc<dyn Store>,
     progress: bool,
-) -> Result<Summary> {
+) -> Result<(Summary, Vec<PartInfo>)> {
     let started = Instant::now();
     let manifest = loaded.manifest.clone();
     let reviews = loaded.resolve(&manifest.data.reviews);
@@ -125,16 +125,13 @@ pub async fn run(
             sha256,
         });
     }
-    markers::write_stage_manifest(
-        store.as_ref(),
-        &StageManifest {
-            stage: Stage::Prepare,
-            job_id: job_id.clone(),
-            parts,
-        },
-    )
-    .await?;
-    Ok(summary)
+    let manifest = StageManifest {
+        stage: Stage::Prepare,
+        job_id: job_id.clone(),
+        parts,
+    };
+    markers::write_stage_manifest(store.as_ref(), &manifest).await?;
+    Ok((summary, manifest.parts))
 }
 
 fn spinner(visible: bool, message: &'static str) -> ProgressBar {

@@ -332,4 +332,31 @@ impl LoadedManifest {
     pub fn resolve(&self, path: &str) -> Location {
         Location::parse(path, &self.base_dir).expect("validated at load time")
     }
+
+    /// The manifest with every path made absolute (local paths against the current directory),
+    /// so it means the same to a worker on another machine or in another folder. This is what
+    /// a job stores as `{job}/job.json`.
+    pub fn resolved(&self) -> Manifest {
+        let absolute = |text: &str| match Location::parse(text, &self.base_dir) {
+            Ok(Location::Local(path)) => std::path::absolute(&path)
+                .unwrap_or(path)
+                .display()
+                .to_string(),
+            _ => text.to_string(),
+        };
+        let mut manifest = self.manifest.clone();
+        manifest.job.output = absolute(&manifest.job.output);
+        manifest.data.reviews = absolute(&manifest.data.reviews);
+        manifest.data.meta = manifest.data.meta.as_deref().map(absolute);
+        manifest
+    }
+
+    /// A manifest whose paths are already absolute (see [`LoadedManifest::resolved`]).
+    pub fn from_resolved(manifest: Manifest, source: &str) -> Self {
+        Self {
+            manifest,
+            source: source.to_string(),
+            base_dir: PathBuf::from("/"),
+        }
+    }
 }

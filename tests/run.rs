@@ -1,0 +1,45 @@
+//! `slim run`: the built-in demo in process; a rerun skips what its markers say is done.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn run_executes_available_stages_and_a_rerun_skips_them() {
+    let out = tempfile::tempdir().unwrap();
+    let output = out.path().to_str().unwrap();
+    let first = slim_ok(&["run", "--quiet", "--output", output]);
+    assert!(
+        first.contains("prepare: done (interactions 437772"),
+        "{first}"
+    );
+
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("demo/job.json")).unwrap()).unwrap();
+    let reviews = job["data"]["reviews"].as_str().unwrap();
+    assert!(
+        reviews.starts_with('/') && reviews.ends_with("Games-6k.test.inter"),
+        "{reviews}"
+    );
+    assert_eq!(job["job"]["output"], output);
+
+    let marker = out.path().join("demo/_markers/prepare/00000.json");
+    let before = std::fs::read(&marker).unwrap();
+    let users = std::fs::metadata(out.path().join("demo/data/users.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    let second = slim_ok(&["run", "--quiet", "--output", output]);
+    assert!(second.contains("prepare: already done"), "{second}");
+    assert_eq!(
+        std::fs::read(&marker).unwrap(),
+        before,
+        "the marker is not rewritten"
+    );
+    let users_after = std::fs::metadata(out.path().join("demo/data/users.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(users, users_after, "done work is not redone");
+}

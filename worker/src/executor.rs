@@ -1,0 +1,122 @@
+//! Stage executors: one per stage, behind one interface, found through a registry.
+//!
+//! An executor does the work of one task (a stage and a shard) and returns the parts it wrote.
+//! It does not know whether it runs under RabbitMQ or in process, nor whether the store is S3
+//! or a disk. [`run_task`] wraps every executor with the completion protocol: skip when the
+//! task's marker exists (redelivery is normal), otherwise execute and write the marker last.
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use slim_shared::manifest::LoadedManifest;
+use slim_shared::markers::{self, PartInfo, TaskMarker};
+use slim_shared::stage::Stage;
+use slim_shared::store::Store;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Everything a task needs.
+pub struct TaskContext {
+    pub job: Arc<LoadedManifest>,
+    /// Store rooted at the job's output root; keys start with the job id.
+    pub store: Arc<dyn Store>,
+    pub shard: u32,
+    pub attempt: u32,
+    /// Show progress bars (interactive runs only).
+    pub progress: bool,
+}
+
+/// What a task produced.
+#[derive(Debug, Default)]
+pub struct TaskResult {
+    pub parts: Vec<PartInfo>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[async_trait]
+pub trait StageExecutor: Send + Sync {
+    fn stage(&self) -> Stage;
+    async fn execute(&self, ctx: &TaskContext) -> Result<TaskResult>;
+}
+
+/// The executors this worker can run.
+#[derive(Default, Clone)]
+pub struct Registry {
+    executors: HashMap<Stage, Arc<dyn StageExecutor>>,
+}
+
+impl Registry {
+    /// Every executor built into this binary.
+    pub fn builtin() -> Self {
+        let mut registry = Self::default();
+        registry.register(Arc::new(crate::stages::prepare::PrepareExecutor));
+        registry
+    }
+
+    pub fn register(&mut self, executor: Arc<dyn StageExecutor>) {
+        self.executors.insert(executor.stage(), executor);
+    }
+
+    pub fn get(&self, stage: Stage) -> Option<&Arc<dyn StageExecutor>> {
+        self.executors.get(&stage)
+    }
+
+    /// Stages with an executor, in DAG order.
+    pub fn stages(&self) -> Vec<Stage> {
+        slim_shared::stage::topological_order()
+            .into_iter()
+            .filter(|s| self.executors.contains_key(s))
+            .collect()
+    }
+}
+
+/// How a task ended.
+#[derive(Debug)]
+pub enum TaskOutcome {
+    /// The marker already existed: the task was done before (a redelivery or a rerun).
+    AlreadyDone(TaskMarker),
+    /// Executed now; the marker is written.
+    Done(TaskMarker),
+}
+
+/// A name for this worker in markers and logs: host and process id.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs one task with the completion protocol: skip if marked done, else execute, then mark.
+pub async fn run_task(registry: &Registry, ctx: &TaskContext, stage: Stage) -> Result<TaskOutcome> {
+    let job_id = ctx.job.job_id().to_string();
+    if let Some(marker) =
+        markers::read_task_marker(ctx.store.as_ref(), &job_id, stage, ctx.shard).await?
+    {
+        tracing::info!(job = %job_id, %stage, shard = ctx.shard, "already done; skipping");
+        return Ok(TaskOutcome::AlreadyDone(marker));
+    }
+    let executor = registry
+        .get(stage)
+        .with_context(|| format!("this worker has no executor for the {stage} stage"))?;
+    let span = tracing::info_span!("task", job = %job_id, %stage, shard = ctx.shard, attempt = ctx.attempt);
+    let _guard = span.enter();
+    let result = executor
+        .execute(ctx)
+        .await
+        .with_context(|| format!("{stage} shard {} of job {job_id}", ctx.shard))?;
+    let marker = TaskMarker {
+        job_id,
+        stage,
+        shard: ctx.shard,
+        attempt: ctx.attempt,
+        worker: worker_name(),
+        finished_at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        parts: result.parts,
+        counters: result.counters,
+    };
+    markers::write_task_marker(ctx.store.as_ref(), &marker).await?;
+    Ok(TaskOutcome::Done(marker))
+}

@@ -1,0 +1,3 @@
+//! One home per stage, each implementing [`crate::executor::StageExecutor`].
+
+pub mod prepare;
