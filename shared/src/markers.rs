@@ -85,11 +85,18 @@ pub async fn read_task_marker(
     stage: Stage,
     shard: u32,
 ) -> Result<Option<TaskMarker>> {
-    let key = task_marker_key(job_id, stage, shard);
-    match store.get(&key).await {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("{key}: not a task marker"))?,
-        )),
+    read_json(store, &task_marker_key(job_id, stage, shard)).await
+}
+
+/// A JSON object from the store, `None` when absent.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<T>> {
+    match store.get(key).await {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{key}: not valid JSON of the expected shape")
+        })?)),
         Err(StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {key}")),
     }
@@ -128,15 +135,7 @@ pub async fn read_stage_manifest(
     job_id: &str,
     stage: Stage,
 ) -> Result<Option<StageManifest>> {
-    let key = stage_manifest_key(job_id, stage);
-    match store.get(&key).await {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("{key}: not a stage manifest"))?,
-        )),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {key}")),
-    }
+    read_json(store, &stage_manifest_key(job_id, stage)).await
 }
 
 /// Size and SHA-256 of a local file, streamed.
