@@ -7,13 +7,18 @@
 //! - [`schema`]: the Parquet schemas of every output, declared once.
 //! - [`stage`]: the stages of a job and their dependencies.
 //! - [`markers`]: completion markers of tasks and stages in the store.
+//! - [`messages`]: versioned task and event messages.
+//! - [`queue`]: one task-queue interface over RabbitMQ and an in-process queue.
 //! - [`testkit`]: helpers for tests that need the real S3 server (Garage).
 //!
-//! This crate holds no ML code and knows nothing about queues: stages call into it.
+//! This crate holds no ML code. Stages call into it; they never see which queue or store
+//! backend is behind the interfaces.
 
 pub mod data;
 pub mod manifest;
 pub mod markers;
+pub mod messages;
+pub mod queue;
 pub mod schema;
 pub mod stage;
 pub mod store;
