@@ -73,10 +73,14 @@ pub fn stage_manifest_key(job_id: &str, stage: Stage) -> String {
 
 pub async fn write_task_marker(store: &dyn Store, marker: &TaskMarker) -> Result<()> {
     let key = task_marker_key(&marker.job_id, marker.stage, marker.shard);
+    write_json(store, &key, marker).await
+}
+
+async fn write_json<T: Serialize>(store: &dyn Store, key: &str, value: &T) -> Result<()> {
     store
-        .put(&key, serde_json::to_vec_pretty(marker)?.into())
+        .put(key, serde_json::to_vec_pretty(value)?.into())
         .await
-        .with_context(|| format!("writing the task marker {key}"))
+        .with_context(|| format!("writing {key}"))
 }
 
 pub async fn read_task_marker(
@@ -124,10 +128,7 @@ pub async fn done_shards(store: &dyn Store, job_id: &str, stage: Stage) -> Resul
 
 pub async fn write_stage_manifest(store: &dyn Store, manifest: &StageManifest) -> Result<()> {
     let key = stage_manifest_key(&manifest.job_id, manifest.stage);
-    store
-        .put(&key, serde_json::to_vec_pretty(manifest)?.into())
-        .await
-        .with_context(|| format!("writing {key}"))
+    write_json(store, &key, manifest).await
 }
 
 pub async fn read_stage_manifest(

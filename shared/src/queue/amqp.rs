@@ -594,18 +594,10 @@ impl Settle for AmqpSettle {
         };
         match how {
             Settlement::Ack => ack(acker, "basic.ack").await,
-            Settlement::Requeue => acker
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-                .map_err(|source| QueueError::Amqp {
-                    op: "basic.nack",
-                    source,
-                }),
+            Settlement::Requeue => requeue(&acker).await.map_err(|source| QueueError::Amqp {
+                op: "basic.nack",
+                source,
+            }),
             Settlement::DeadLetter(reason) => {
                 let mut headers = FieldTable::default();
                 headers.insert(REASON_HEADER.into(), long_string(&reason));
@@ -613,13 +605,7 @@ impl Settle for AmqpSettle {
                 let body = std::mem::take(&mut self.body);
                 if let Err(e) = self.inner.publish(&dlq, &body, Some(headers)).await {
                     // Leave the message to the broker: it comes back and can be rejected again.
-                    let _ = acker
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                    let _ = requeue(&acker).await;
                     return Err(e);
                 }
                 tracing::debug!(queue = self.queue, dlq, reason, "dead-lettered a message");
@@ -627,6 +613,18 @@ impl Settle for AmqpSettle {
             }
         }
     }
+}
+
+/// Gives a delivery back to the broker, to be delivered again.
+async fn requeue(delivery: &lapin::message::Delivery) -> Result<(), lapin::Error> {
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
 }
 
 impl Drop for AmqpSettle {
@@ -637,13 +635,7 @@ impl Drop for AmqpSettle {
         tracing::debug!(queue = self.queue, "delivery dropped unsettled: requeued");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = acker
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = requeue(&acker).await;
             });
         }
         // Without a runtime the broker requeues it when the channel closes.
