@@ -7,7 +7,8 @@
 //! - [`schema`]: the Parquet schemas of every output, declared once.
 //! - [`stage`]: the stages of a job and their dependencies.
 //! - [`markers`]: completion markers of tasks and stages in the store.
-//! - [`messages`]: versioned task and event messages.
+//! - [`messages`]: versioned task, event and job messages.
+//! - [`plan`]: how many tasks each stage of a job has.
 //! - [`queue`]: one task-queue interface over RabbitMQ and an in-process queue.
 //! - [`testkit`]: helpers for tests that need the real S3 server (Garage).
 //!
@@ -18,6 +19,7 @@ pub mod data;
 pub mod manifest;
 pub mod markers;
 pub mod messages;
+pub mod plan;
 pub mod queue;
 pub mod schema;
 pub mod stage;

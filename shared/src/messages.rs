@@ -3,6 +3,7 @@
 //! - [`TaskMessage`]: one shard of one stage to run, published by the coordinator on the tasks
 //!   queue.
 //! - [`EventMessage`]: what a worker reports back (started, finished with counters, failed).
+//! - [`JobMessage`]: a submitted job, for the coordinator service (`slim submit`).
 //!
 //! Every message carries `version` ([`MESSAGE_VERSION`]). A reader decodes with [`decode_task`] /
 //! [`decode_event`], which never panic: bytes that are not a message of the expected shape and
@@ -89,10 +90,7 @@ pub struct EventMessage {
 impl EventMessage {
     /// An event about `task` of the current [`MESSAGE_VERSION`], stamped now.
     pub fn for_task(task: &TaskMessage, kind: EventKind, worker: impl Into<String>) -> Self {
-        let at_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let at_unix_ms = crate::markers::now_unix_ms();
         Self {
             version: MESSAGE_VERSION,
             job_id: task.job_id.clone(),
@@ -108,6 +106,33 @@ impl EventMessage {
     /// The message as JSON bytes.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an EventMessage always serialises")
+    }
+}
+
+/// A submitted job: its resolved manifest is at `{root}/{job_id}/job.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// Schema version, [`MESSAGE_VERSION`] when written by this build.
+    pub version: u32,
+    pub job_id: String,
+    /// The store root the job lives in (a local path or `s3://bucket/prefix`).
+    pub root: String,
+    pub submitted_at_unix_ms: u64,
+}
+
+impl JobMessage {
+    pub fn new(job_id: impl Into<String>, root: impl Into<String>) -> Self {
+        Self {
+            version: MESSAGE_VERSION,
+            job_id: job_id.into(),
+            root: root.into(),
+            submitted_at_unix_ms: crate::markers::now_unix_ms(),
+        }
+    }
+
+    /// The message as JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a JobMessage always serialises")
     }
 }
 
@@ -134,6 +159,11 @@ pub fn decode_task(bytes: &[u8]) -> Result<TaskMessage, DecodeError> {
 /// Decodes an event: checks the version first, then the shape.
 pub fn decode_event(bytes: &[u8]) -> Result<EventMessage, DecodeError> {
     decode(bytes, "event")
+}
+
+/// Decodes a submitted job: checks the version first, then the shape.
+pub fn decode_job(bytes: &[u8]) -> Result<JobMessage, DecodeError> {
+    decode(bytes, "job")
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {

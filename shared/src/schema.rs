@@ -67,6 +67,17 @@ pub static ITEMS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `probe/part-NNNNN.parquet`: one row per user of the shard, from the model-free probe stage.
+pub static PROBE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("user_index", DataType::UInt32, false),
+        Field::new("history_length", DataType::UInt32, false),
+        // FNV-1a over the history's item indices: equal histories, equal fingerprints.
+        Field::new("fingerprint", DataType::UInt64, false),
+    ]))
+});
+
 /// One row of `data/users.parquet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {

@@ -14,10 +14,24 @@ pub enum Stage {
     Student,
     Encode,
     Train,
+    /// A model-free stage for checking a deployment and measuring the runtime: one task per
+    /// user shard that fingerprints the shard's histories. Runs only when a job asks for it.
+    Probe,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
+        Stage::Prepare,
+        Stage::Teacher,
+        Stage::Distill,
+        Stage::Student,
+        Stage::Encode,
+        Stage::Train,
+        Stage::Probe,
+    ];
+
+    /// The SLIM pipeline: what a job runs unless its manifest names other stages.
+    pub const PIPELINE: [Stage; 6] = [
         Stage::Prepare,
         Stage::Teacher,
         Stage::Distill,
@@ -34,6 +48,7 @@ impl Stage {
             Stage::Student => "student",
             Stage::Encode => "encode",
             Stage::Train => "train",
+            Stage::Probe => "probe",
         }
     }
 
@@ -46,6 +61,7 @@ impl Stage {
             Stage::Student => &[Stage::Distill],
             Stage::Encode => &[Stage::Student, Stage::Teacher],
             Stage::Train => &[Stage::Encode],
+            Stage::Probe => &[Stage::Prepare],
         }
     }
 
@@ -57,7 +73,16 @@ impl Stage {
             Stage::Distill | Stage::Student => "student",
             Stage::Encode => "embeddings",
             Stage::Train => "train",
+            Stage::Probe => "probe",
         }
+    }
+
+    /// Whether the stage has one task per user shard (otherwise it is a single task, shard 0).
+    pub fn is_sharded(self) -> bool {
+        matches!(
+            self,
+            Stage::Teacher | Stage::Student | Stage::Encode | Stage::Probe
+        )
     }
 
     pub fn parse(name: &str) -> Option<Stage> {
@@ -84,6 +109,25 @@ pub fn topological_order() -> Vec<Stage> {
     order
 }
 
+/// The stages a job runs when it asks for `requested`: those plus everything they depend on,
+/// in topological order.
+pub fn with_dependencies(requested: &[Stage]) -> Vec<Stage> {
+    let mut needed: Vec<Stage> = requested.to_vec();
+    let mut i = 0;
+    while i < needed.len() {
+        for dep in needed[i].depends_on() {
+            if !needed.contains(dep) {
+                needed.push(*dep);
+            }
+        }
+        i += 1;
+    }
+    topological_order()
+        .into_iter()
+        .filter(|s| needed.contains(s))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +144,18 @@ mod tests {
         }
         assert_eq!(Stage::parse("encode"), Some(Stage::Encode));
         assert_eq!(Stage::parse("nope"), None);
+    }
+
+    #[test]
+    fn requested_stages_bring_their_dependencies() {
+        assert_eq!(
+            with_dependencies(&[Stage::Probe]),
+            vec![Stage::Prepare, Stage::Probe]
+        );
+        assert_eq!(with_dependencies(&[Stage::Train]), Stage::PIPELINE.to_vec());
+        assert_eq!(
+            with_dependencies(&[Stage::Teacher, Stage::Prepare]),
+            vec![Stage::Prepare, Stage::Teacher]
+        );
     }
 }

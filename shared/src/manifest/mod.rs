@@ -13,6 +13,7 @@ mod validate;
 pub use validate::{Problem, Problems};
 
 use crate::data::OnError;
+use crate::stage::Stage;
 use crate::store::{Location, S3Settings};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct Manifest {
     pub encoder: EncoderSection,
     #[serde(default)]
     pub train: TrainSection,
+    #[serde(default)]
+    pub probe: ProbeSection,
 }
 
 /// `[job]`: identity and output root.
@@ -48,6 +51,22 @@ pub struct JobSection {
     /// Free text shown by `slim status`.
     #[serde(default)]
     pub description: String,
+    /// The stages to run; each brings the stages it depends on. Default: the whole SLIM
+    /// pipeline (prepare, teacher, distill, student, encode, train). `["probe"]` checks a
+    /// deployment without models.
+    #[serde(default = "default_stages")]
+    pub stages: Vec<Stage>,
+}
+
+fn default_stages() -> Vec<Stage> {
+    Stage::PIPELINE.to_vec()
+}
+
+impl JobSection {
+    /// The stages this job runs, dependencies included, in DAG order.
+    pub fn planned_stages(&self) -> Vec<Stage> {
+        crate::stage::with_dependencies(&self.stages)
+    }
 }
 
 /// Input file formats.
@@ -278,6 +297,17 @@ impl Default for TrainSection {
             patience: 5,
         }
     }
+}
+
+/// `[probe]`: the model-free `probe` stage, for rehearsing a deployment: simulated work and
+/// deliberate failures.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeSection {
+    /// Milliseconds each probe task waits before writing, to simulate work.
+    pub work_ms: u64,
+    /// Shards whose probe task always fails: rehearses dead-lettering and `slim retry`.
+    pub fail_shards: Vec<u32>,
 }
 
 /// A manifest loaded from disk, with the folder its relative paths are resolved against.

@@ -85,6 +85,7 @@ fn example() -> Manifest {
             id: "example".into(),
             output: "out".into(),
             description: String::new(),
+            stages: Stage::PIPELINE.to_vec(),
         },
         data: DataSection {
             format: DataFormat::Recbole,
@@ -98,6 +99,7 @@ fn example() -> Manifest {
         student: StudentSection::default(),
         encoder: EncoderSection::default(),
         train: TrainSection::default(),
+        probe: ProbeSection::default(),
     }
 }
 
@@ -377,6 +379,13 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
     check_input(&m.data.reviews, base_dir, "data.reviews", &mut problem);
     if let Some(meta) = &m.data.meta {
         check_input(meta, base_dir, "data.meta", &mut problem);
+    }
+
+    if m.job.stages.is_empty() {
+        problem(
+            "job.stages",
+            "names no stage; leave it out to run the whole pipeline".into(),
+        );
     }
 
     let p = &m.prepare;

@@ -17,6 +17,9 @@
 
 pub mod amqp;
 pub mod embedded;
+mod topology;
+
+pub use topology::Topology;
 
 use async_trait::async_trait;
 use std::time::Duration;
