@@ -49,6 +49,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut registry = Self::default();
         registry.register(Arc::new(crate::stages::prepare::PrepareExecutor));
+        registry.register(Arc::new(crate::stages::probe::ProbeExecutor::default()));
         registry
     }
 
@@ -110,10 +111,7 @@ pub async fn run_task(registry: &Registry, ctx: &TaskContext, stage: Stage) -> R
         shard: ctx.shard,
         attempt: ctx.attempt,
         worker: worker_name(),
-        finished_at_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        finished_at_unix_ms: markers::now_unix_ms(),
         parts: result.parts,
         counters: result.counters,
     };

@@ -6,4 +6,5 @@
 
 pub mod backend;
 pub mod executor;
+pub mod serve;
 pub mod stages;

@@ -1,3 +1,4 @@
 //! One home per stage, each implementing [`crate::executor::StageExecutor`].
 
 pub mod prepare;
+pub mod probe;

@@ -1,0 +1,336 @@
+//! The worker loop: take a task from a stage's queue, run it with the completion protocol,
+//! report, settle. Stateless: everything a task needs is in its message and the store, so a
+//! worker can be killed at any moment and its unsettled task goes to another worker.
+//!
+//! Settling:
+//! - done (or found done: a redelivery) → ack, after the outputs and the marker are written;
+//! - failed → the error is written to `{job}/_errors/...`, then the task is requeued, or
+//!   dead-lettered with the error as reason when it has used its last delivery;
+//! - not a task this build can read (garbage, unknown version, unknown stage) → dead-lettered
+//!   at once with the decode error as reason; the worker carries on.
+//!
+//! Shutdown (SIGTERM): stop taking tasks, let the current one finish within the grace period,
+//! else requeue it, and return.
+
+use crate::executor::{Registry, TaskContext, TaskOutcome, run_task, worker_name};
+use anyhow::{Context, Result};
+use slim_shared::manifest::{LoadedManifest, Manifest};
+use slim_shared::markers::{self, TaskError, job_key};
+use slim_shared::messages::{EventKind, EventMessage, TaskMessage, decode_task};
+use slim_shared::queue::{Delivery, TaskQueue, Topology};
+use slim_shared::stage::Stage;
+use slim_shared::store::Store;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What a worker does and how.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub topology: Topology,
+    /// The stages this worker serves (each has its own queue and consumer).
+    pub stages: Vec<Stage>,
+    /// How long the current task may run on after a shutdown request before it is requeued.
+    pub grace: Duration,
+    /// Let executors show progress bars (in-process runs on a terminal).
+    pub progress: bool,
+}
+
+/// Tasks a worker settled, by outcome.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub done: AtomicU64,
+    pub already_done: AtomicU64,
+    pub failed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} done, {} already done, {} failed, {} dead-lettered",
+            self.done.load(Ordering::Relaxed),
+            self.already_done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed)
+        )
+    }
+}
+
+pub struct Worker {
+    queue: Arc<dyn TaskQueue>,
+    /// The store root that holds the jobs (`{root}/{job}/job.json`).
+    store: Arc<dyn Store>,
+    registry: Registry,
+    config: WorkerConfig,
+    name: String,
+    /// Manifests of jobs seen, by job id: a job's manifest does not change once submitted.
+    jobs: Mutex<HashMap<String, Arc<LoadedManifest>>>,
+    pub stats: WorkerStats,
+}
+
+/// How handling one delivery ended, for the loop.
+enum Handled {
+    Settled,
+    /// Shutdown came and the grace period ran out: the task was requeued.
+    Interrupted,
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn TaskQueue>,
+        store: Arc<dyn Store>,
+        registry: Registry,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            queue,
+            store,
+            registry,
+            config,
+            name: worker_name(),
+            jobs: Mutex::new(HashMap::new()),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// Serves every configured stage until `shutdown` turns true, then returns.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Result<()> {
+        for &stage in &self.config.stages {
+            anyhow::ensure!(
+                self.registry.get(stage).is_some(),
+                "this build has no executor for the {stage} stage"
+            );
+        }
+        self.config
+            .topology
+            .declare_tasks(self.queue.as_ref(), &self.config.stages)
+            .await
+            .context("declaring the task queues")?;
+        let mut loops = tokio::task::JoinSet::new();
+        for &stage in &self.config.stages {
+            let worker = self.clone();
+            let shutdown = shutdown.clone();
+            loops.spawn(async move { worker.serve(stage, shutdown).await });
+        }
+        tracing::info!(worker = %self.name, stages = ?self.config.stages, "worker started");
+        let mut result = Ok(());
+        while let Some(joined) = loops.join_next().await {
+            let outcome = joined.context("a stage loop panicked").and_then(|r| r);
+            if let Err(e) = outcome
+                && result.is_ok()
+            {
+                // One stage failing for good (its queue deleted, broker gone) stops the worker:
+                // a supervisor restarting it is clearer than a half-serving worker.
+                loops.abort_all();
+                result = Err(e);
+            }
+        }
+        tracing::info!(worker = %self.name, "worker stopped: {}", self.stats.summary());
+        result
+    }
+
+    async fn serve(&self, stage: Stage, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let queue = self.config.topology.tasks(stage);
+        let mut deliveries = self
+            .queue
+            .consume(&queue)
+            .await
+            .with_context(|| format!("consuming {queue}"))?;
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = wait_for(&mut shutdown) => return Ok(()),
+                next = deliveries.next() => next.with_context(|| format!("receiving from {queue}"))?,
+            };
+            if let Handled::Interrupted = self.handle(stage, delivery, &mut shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        stage: Stage,
+        delivery: Delivery,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Handled {
+        let task = match decode_task(delivery.body()) {
+            Ok(task) if task.stage == stage.name() => task,
+            Ok(task) => {
+                let reason = format!("a {} task on the queue of the {stage} stage", task.stage);
+                self.dead_letter(delivery, &reason).await;
+                return Handled::Settled;
+            }
+            Err(e) => {
+                self.dead_letter(delivery, &e.to_string()).await;
+                return Handled::Settled;
+            }
+        };
+        let attempt = delivery.delivery_count();
+        self.publish_event(&task, EventKind::Started, false).await;
+        let outcome = tokio::select! {
+            outcome = self.execute(stage, &task, attempt) => outcome,
+            _ = grace_expired(shutdown, self.config.grace) => {
+                tracing::warn!(job = %task.job_id, %stage, shard = task.shard, "shutting down: the task did not finish within the grace period; requeueing it");
+                if let Err(e) = delivery.nack_requeue().await {
+                    tracing::warn!(error = %e, "requeueing failed; the broker will redeliver the task");
+                }
+                return Handled::Interrupted;
+            }
+        };
+        match outcome {
+            Ok(outcome) => {
+                let (marker, counter) = match outcome {
+                    TaskOutcome::Done(marker) => (marker, &self.stats.done),
+                    TaskOutcome::AlreadyDone(marker) => (marker, &self.stats.already_done),
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let finished = EventKind::Finished {
+                    counters: marker.counters,
+                };
+                let (_, acked) =
+                    tokio::join!(self.publish_event(&task, finished, true), delivery.ack());
+                if let Err(e) = acked {
+                    // The work is done and marked: a redelivery will find the marker.
+                    tracing::warn!(job = %task.job_id, %stage, shard = task.shard, error = %e, "ack failed; the task will be redelivered and skipped");
+                }
+            }
+            Err(e) => self.fail(stage, &task, attempt, delivery, e).await,
+        }
+        Handled::Settled
+    }
+
+    async fn execute(&self, stage: Stage, task: &TaskMessage, attempt: u32) -> Result<TaskOutcome> {
+        let job = self.job(&task.job_id).await?;
+        let ctx = TaskContext {
+            job,
+            store: self.store.clone(),
+            shard: task.shard,
+            attempt,
+            progress: self.config.progress,
+        };
+        run_task(&self.registry, &ctx, stage).await
+    }
+
+    /// Records the error, then requeues the task or, on its last delivery, dead-letters it.
+    async fn fail(
+        &self,
+        stage: Stage,
+        task: &TaskMessage,
+        attempt: u32,
+        delivery: Delivery,
+        error: anyhow::Error,
+    ) {
+        let text = format!("{error:#}");
+        let last = attempt >= self.config.topology.delivery_limit;
+        tracing::error!(job = %task.job_id, %stage, shard = task.shard, attempt, last, error = %text, "task failed");
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let record = TaskError {
+            job_id: task.job_id.clone(),
+            stage,
+            shard: task.shard,
+            attempts: attempt,
+            worker: Some(self.name.clone()),
+            error: text.clone(),
+            dead_letter_reason: None,
+            at_unix_ms: markers::now_unix_ms(),
+        };
+        if let Err(e) = markers::write_task_error(self.store.as_ref(), &record).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not record the task's error");
+        }
+        self.publish_event(
+            task,
+            EventKind::Failed {
+                error: text.clone(),
+            },
+            true,
+        )
+        .await;
+        let settled = if last {
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            delivery.reject_to_dead_letter(&text).await
+        } else {
+            delivery.nack_requeue().await
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "settling a failed task failed; the broker will redeliver it");
+        }
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, reason: &str) {
+        tracing::error!(
+            reason,
+            bytes = delivery.body().len(),
+            "not a task this worker can run; dead-lettering it"
+        );
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = delivery.reject_to_dead_letter(reason).await {
+            tracing::warn!(error = %e, "dead-lettering failed; the broker will redeliver the message");
+        }
+    }
+
+    /// The job's manifest, from `{job}/job.json` the first time.
+    async fn job(&self, job_id: &str) -> Result<Arc<LoadedManifest>> {
+        if let Some(job) = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_id)
+        {
+            return Ok(job.clone());
+        }
+        let key = job_key(job_id, "job.json");
+        let bytes =
+            self.store.get(&key).await.with_context(|| {
+                format!("reading the job's manifest {}", self.store.location(&key))
+            })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a job manifest", self.store.location(&key)))?;
+        let job = Arc::new(LoadedManifest::from_resolved(
+            manifest,
+            &self.store.location(&key).to_string(),
+        ));
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.len() >= 256 {
+            jobs.clear();
+        }
+        jobs.insert(job_id.to_string(), job.clone());
+        Ok(job)
+    }
+
+    /// Events are advisory: a lost one costs the coordinator a little latency, never
+    /// correctness, so failures are logged and otherwise ignored. Events that do not need to
+    /// arrive before the task is settled are sent in the background.
+    async fn publish_event(&self, task: &TaskMessage, kind: EventKind, wait: bool) {
+        let queue = self.queue.clone();
+        let name = self.config.topology.events(&task.job_id);
+        let body = EventMessage::for_task(task, kind, &self.name).encode();
+        let send = async move {
+            if let Err(e) = queue.publish(&name, body).await {
+                tracing::debug!(queue = name, error = %e, "event not delivered");
+            }
+        };
+        if wait {
+            send.await;
+        } else {
+            tokio::spawn(send);
+        }
+    }
+}
+
+/// Resolves once `shutdown` is true.
+async fn wait_for(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|&stop| stop).await.is_err() {
+        // The sender is gone: nobody can ask for a shutdown any more.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves `grace` after `shutdown` turns true.
+async fn grace_expired(shutdown: &mut watch::Receiver<bool>, grace: Duration) {
+    wait_for(shutdown).await;
+    tokio::time::sleep(grace).await;
+}
