@@ -1,5 +1,7 @@
 //! Command-line flags and the dispatch from subcommands to library calls.
 
+mod bench;
+mod cluster;
 mod prepare;
 mod run;
 
@@ -98,14 +100,39 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Submit a job to the RabbitMQ cluster.
-    Submit { file: PathBuf },
-    /// Run the coordinator of the RabbitMQ cluster.
-    Coordinator,
-    /// Run a worker that takes tasks from RabbitMQ.
-    Worker,
-    /// Show a job's progress.
-    Status { job: String },
+    /// Submit a job to the cluster: store it in its output root, where the coordinator of that
+    /// store picks it up. Submitting a job again resumes it.
+    Submit {
+        /// Job manifest (TOML).
+        file: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Run the coordinator: drives every job submitted to its store (until SIGTERM).
+    Coordinator {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+        /// Milliseconds between looks at the store when no event arrives.
+        #[arg(long, env = "SLIM_POLL_MS", default_value_t = 1000)]
+        poll_ms: u64,
+    },
+    /// Run a worker: takes tasks from RabbitMQ and runs them (until SIGTERM).
+    Worker {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+        #[command(flatten)]
+        worker: cluster::WorkerArgs,
+    },
+    /// Show a job's progress per stage, failures, throughput and ETA.
+    Status(cluster::StatusArgs),
+    /// Retry a failed job: clear its failures and hand it back to the coordinator.
+    Retry {
+        /// The job id.
+        job: String,
+        /// The store root that holds the job.
+        #[arg(long, env = "SLIM_STORE")]
+        store: String,
+    },
     /// Print a finished job's report.
     Report { job: String },
     /// Serve a model over an OpenAI-compatible HTTP API.
@@ -115,7 +142,15 @@ pub enum Command {
     /// Embed texts with the text encoder.
     Embed,
     /// Benchmarks.
-    Bench,
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// The distributed runtime's throughput and per-task overhead next to raw lapin (needs
+    /// RabbitMQ).
+    Runtime(bench::RuntimeBenchArgs),
 }
 
 pub fn init_logging(args: &LogArgs) {
@@ -167,15 +202,22 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             overrides.apply(&mut loaded)?;
             run::run(loaded, !quiet).await
         }
-        Command::Submit { .. }
-        | Command::Coordinator
-        | Command::Worker
-        | Command::Status { .. }
-        | Command::Report { .. }
-        | Command::Serve
-        | Command::Generate
-        | Command::Embed
-        | Command::Bench => {
+        Command::Submit { file, overrides } => {
+            let mut loaded = load(&file)?;
+            overrides.apply(&mut loaded)?;
+            cluster::submit(&loaded).await
+        }
+        Command::Coordinator { cluster, poll_ms } => {
+            cluster::coordinator(&cluster, std::time::Duration::from_millis(poll_ms.max(10))).await
+        }
+        Command::Worker { cluster, worker } => cluster::worker(&cluster, &worker).await,
+        Command::Status(args) => cluster::status(&args).await,
+        Command::Retry { job, store } => cluster::retry(&job, &store).await,
+        Command::Bench(BenchCommand::Runtime(args)) => {
+            bench::runtime(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { .. } | Command::Serve | Command::Generate | Command::Embed => {
             eprintln!("this command is not yet available in this build of slim");
             Ok(ExitCode::from(2))
         }

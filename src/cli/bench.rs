@@ -1,0 +1,313 @@
+//! `slim bench runtime`: what the distributed runtime costs per task. A job of N no-op tasks
+//! runs through the real coordinator driver and W in-process workers, each on its own RabbitMQ
+//! connection, against a local store (markers fsynced, as always); next to it, in the same run,
+//! raw lapin moves N messages through a quorum queue (publish with confirms, consume, ack) with
+//! the same consumer count and prefetch. The peer is the floor: the runtime adds events, task
+//! markers, redelivery checks and the coordinator's bookkeeping on top of it.
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use clap::Args;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::Serialize;
+use slim_coordinator::driver::{self, DriveOptions};
+use slim_coordinator::{Runtime, jobs};
+use slim_shared::manifest::LoadedManifest;
+use slim_shared::queue::amqp::{AmqpConfig, AmqpQueue};
+use slim_shared::queue::{TaskQueue, Topology};
+use slim_shared::stage::Stage;
+use slim_shared::store::{self, Location, S3Settings};
+use slim_worker::executor::{Registry, StageExecutor, TaskContext, TaskResult};
+use slim_worker::serve::{Worker, WorkerConfig};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeBenchArgs {
+    /// Tasks in the job (and messages through raw lapin).
+    #[arg(long, default_value_t = 10_000)]
+    pub tasks: u32,
+    /// Worker loops (each with its own connection), and raw lapin consumers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u16,
+    /// Prefetch per consumer, for both.
+    #[arg(long, default_value_t = 16)]
+    pub prefetch: u16,
+    #[arg(
+        long,
+        env = "SLIM_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    tasks: u32,
+    workers: u16,
+    prefetch: u16,
+    raw_lapin_msgs_per_sec: f64,
+    runtime_tasks_per_sec: f64,
+    runtime_vs_raw: f64,
+    /// Wall time per task per worker: every millisecond of it is overhead, the stage does nothing.
+    per_task_overhead_ms: f64,
+    runtime_secs: f64,
+    raw_secs: f64,
+}
+
+/// A stage that does nothing, so all that is measured is the runtime around it.
+struct Noop;
+
+#[async_trait]
+impl StageExecutor for Noop {
+    fn stage(&self) -> Stage {
+        Stage::Probe
+    }
+    async fn execute(&self, _ctx: &TaskContext) -> Result<TaskResult> {
+        Ok(TaskResult::default())
+    }
+}
+
+pub async fn runtime(args: &RuntimeBenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.tasks > 0 && args.workers > 0 && args.prefetch > 0,
+        "--tasks, --workers and --prefetch must be positive"
+    );
+    let prefix = format!("slim-bench-{}", std::process::id());
+    let dir = tempfile::tempdir()?;
+
+    eprintln!("preparing a job of {} one-user shards...", args.tasks);
+    let loaded = synthetic_job(dir.path(), args.tasks)?;
+    let store = store::open(
+        &Location::Local(dir.path().join("out")),
+        &S3Settings::default(),
+    )
+    .await?;
+    jobs::store_manifest(store.as_ref(), &loaded).await?;
+    let prepare = Registry::builtin();
+    let ctx = TaskContext {
+        job: Arc::new(loaded.clone()),
+        store: store.clone(),
+        shard: 0,
+        attempt: 1,
+        progress: false,
+    };
+    slim_worker::executor::run_task(&prepare, &ctx, Stage::Prepare).await?;
+
+    eprintln!(
+        "raw lapin: {} messages, {} consumers...",
+        args.tasks, args.workers
+    );
+    let raw_secs = raw_lapin(args, &format!("{prefix}.raw")).await?;
+
+    eprintln!(
+        "slim runtime: {} tasks, {} workers...",
+        args.tasks, args.workers
+    );
+    let topology = Topology {
+        prefix: prefix.clone(),
+        prefetch: args.prefetch,
+        ..Topology::default()
+    };
+    let connect = || async {
+        let mut config = AmqpConfig::new(args.amqp.clone());
+        config.reconnect_budget = Duration::from_secs(10);
+        anyhow::Ok(Arc::new(AmqpQueue::connect(config).await?) as Arc<dyn TaskQueue>)
+    };
+    let rt = Runtime {
+        queue: connect().await?,
+        store: store.clone(),
+        topology: topology.clone(),
+        poll_interval: Duration::from_millis(200),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.workers {
+        let mut registry = Registry::default();
+        registry.register(Arc::new(Noop));
+        let worker = Arc::new(Worker::new(
+            connect().await?,
+            store.clone(),
+            registry,
+            WorkerConfig {
+                topology: topology.clone(),
+                stages: vec![Stage::Probe],
+                grace: Duration::ZERO,
+                progress: false,
+            },
+        ));
+        workers.spawn(worker.run(stopped.clone()));
+    }
+    let started = Instant::now();
+    let outcome = driver::drive(&rt, loaded.job_id(), DriveOptions::default()).await?;
+    let runtime_secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    while let Some(joined) = workers.join_next().await {
+        joined??;
+    }
+    anyhow::ensure!(
+        outcome.state.phase == slim_shared::markers::JobPhase::Succeeded,
+        "the benchmark job did not succeed: {:?}",
+        outcome.state.message
+    );
+    rt.queue.delete(&topology.tasks(Stage::Probe)).await?;
+    rt.queue.delete(&topology.tasks(Stage::Prepare)).await?;
+
+    let raw_rate = f64::from(args.tasks) / raw_secs;
+    let runtime_rate = f64::from(args.tasks) / runtime_secs;
+    let results = Results {
+        tasks: args.tasks,
+        workers: args.workers,
+        prefetch: args.prefetch,
+        raw_lapin_msgs_per_sec: raw_rate,
+        runtime_tasks_per_sec: runtime_rate,
+        runtime_vs_raw: runtime_rate / raw_rate,
+        per_task_overhead_ms: runtime_secs * 1000.0 * f64::from(args.workers)
+            / f64::from(args.tasks),
+        runtime_secs,
+        raw_secs,
+    };
+    println!(
+        "raw lapin {:.0} msg/s; slim runtime {:.0} tasks/s ({:.0}% of raw); per-task overhead {:.2} ms per worker",
+        results.raw_lapin_msgs_per_sec,
+        results.runtime_tasks_per_sec,
+        results.runtime_vs_raw * 100.0,
+        results.per_task_overhead_ms
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A RecBole file of `users` users with three interactions each, and a manifest that runs
+/// only `probe` on it with one user per shard.
+fn synthetic_job(dir: &Path, users: u32) -> Result<LoadedManifest> {
+    let inter = dir.join("bench.inter");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&inter)?);
+    writeln!(
+        file,
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+    )?;
+    for user in 0..users {
+        for step in 0..3u32 {
+            writeln!(
+                file,
+                "u{user}\ti{}\t5\t{}",
+                (user + step) % 50,
+                1_000 + step
+            )?;
+        }
+    }
+    file.flush()?;
+    let manifest = format!(
+        r#"
+[job]
+id = "bench"
+output = "{out}"
+stages = ["probe"]
+[data]
+format = "recbole"
+reviews = "{inter}"
+[prepare]
+k_core = 1
+users_per_shard = 1
+"#,
+        out = dir.join("out").display(),
+        inter = inter.display()
+    );
+    LoadedManifest::from_str(&manifest, "<bench>", dir.to_path_buf())
+        .map_err(|problems| anyhow::anyhow!("{problems}"))
+}
+
+/// Publishes `args.tasks` messages with confirms (pipelined) and consumes them with
+/// `args.workers` consumers, acking each; returns the seconds from first publish to last ack.
+async fn raw_lapin(args: &RuntimeBenchArgs, queue: &str) -> Result<f64> {
+    let props = ConnectionProperties::default();
+    let publisher = Connection::connect(&args.amqp, props.clone()).await?;
+    let channel = publisher.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut queue_args = FieldTable::default();
+    queue_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), queue_args)
+        .await?;
+    let body = slim_shared::messages::TaskMessage::new("bench", "probe", 0, 0).encode();
+
+    let total = args.tasks as usize;
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut consumers = tokio::task::JoinSet::new();
+    for i in 0..args.workers {
+        let connection = Connection::connect(&args.amqp, props.clone()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(args.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                format!("raw-{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let received = received.clone();
+        consumers.spawn(async move {
+            let _connection = connection;
+            while received.load(std::sync::atomic::Ordering::SeqCst) < total {
+                let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
+                let Ok(Some(delivery)) = next else { continue };
+                delivery?.ack(BasicAckOptions::default()).await?;
+                received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        });
+    }
+    let started = Instant::now();
+    let publishes = futures::stream::iter(0..total).map(|_| {
+        let channel = &channel;
+        let body = &body;
+        async move {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    let mut publishes = publishes.buffer_unordered(256);
+    while let Some(published) = publishes.next().await {
+        published?;
+    }
+    while let Some(joined) = consumers.join_next().await {
+        joined??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(secs)
+}
