@@ -43,3 +43,50 @@ fn run_executes_available_stages_and_a_rerun_skips_them() {
         .unwrap();
     assert_eq!(users, users_after, "done work is not redone");
 }
+
+#[test]
+fn run_reports_a_failing_task_and_exits_non_zero_keeping_done_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir().join("Gift_Cards");
+    let manifest = dir.path().join("job.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+[job]
+id = "probe"
+output = "out"
+stages = ["probe"]
+[data]
+format = "mcauley2018"
+reviews = "{}"
+[prepare]
+users_per_shard = 100
+[probe]
+fail_shards = [2]
+"#,
+            data.join("Gift_Cards_5.json.gz").display()
+        ),
+    )
+    .unwrap();
+    let out = slim(&["run", "--quiet", manifest.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("failed: probe shard 2") && stderr.contains("deliberate"),
+        "{stderr}"
+    );
+    let job = dir.path().join("out/probe");
+    assert!(job.join("data/_SUCCESS").exists());
+    assert!(
+        job.join("probe/part-00000.parquet").exists(),
+        "other shards are done"
+    );
+    assert!(
+        !job.join("probe/_SUCCESS").exists(),
+        "the stage is not complete"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.join("_state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "failed");
+}

@@ -1,0 +1,603 @@
+//! The distributed runtime as users run it: `slim coordinator` and several `slim worker`
+//! processes on the real RabbitMQ (`SLIM_AMQP_URL`, default 127.0.0.1:5672) and a store
+//! folder, with the real Gift Cards data and the model-free `probe` stage. Each test has its
+//! own queue prefix and store, so tests run side by side. Faults are real: `kill -9`, SIGTERM,
+//! `rabbitmqctl close_all_connections`, garbage on the queue.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const JOB: &str = "probe-job";
+const WAIT: Duration = Duration::from_secs(180);
+
+fn amqp_url() -> String {
+    std::env::var("SLIM_AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A manifest for the probe stage on Gift Cards (453 users) with 2 users per shard: 227 shards.
+fn manifest(dir: &Path, output: &Path, probe: &str) -> PathBuf {
+    let data = data_dir().join("Gift_Cards");
+    let text = format!(
+        r#"
+[job]
+id = "{JOB}"
+output = "{output}"
+stages = ["probe"]
+
+[data]
+format = "mcauley2018"
+reviews = "{reviews}"
+meta = "{meta}"
+
+[prepare]
+users_per_shard = 2
+
+[probe]
+{probe}
+"#,
+        output = output.display(),
+        reviews = data.join("Gift_Cards_5.json.gz").display(),
+        meta = data.join("meta_Gift_Cards.json.gz").display(),
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One coordinator and its workers, as separate `slim` processes.
+struct Cluster {
+    prefix: String,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    coordinators: Vec<Child>,
+    workers: Vec<Child>,
+    spawned: usize,
+}
+
+impl Cluster {
+    fn new(name: &str) -> Self {
+        let prefix = slim_shared::testkit::unique_prefix(name);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("store")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let env = vec![
+            ("SLIM_AMQP_URL".into(), amqp_url()),
+            (
+                "SLIM_STORE".into(),
+                dir.path().join("store").display().to_string(),
+            ),
+            ("SLIM_QUEUE_PREFIX".into(), prefix.clone()),
+            ("SLIM_POLL_MS".into(), "200".into()),
+            ("SLIM_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        Self {
+            prefix,
+            dir,
+            env,
+            coordinators: Vec::new(),
+            workers: Vec::new(),
+            spawned: 0,
+        }
+    }
+
+    fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn job(&self) -> PathBuf {
+        self.store().join(JOB)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slim"));
+        cmd.args(args).current_dir(repo());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn spawn(&mut self, role: &str, args: &[&str]) -> Child {
+        self.spawned += 1;
+        let log = std::fs::File::create(self.log(&format!("{role}-{}", self.spawned))).unwrap();
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("slim starts")
+    }
+
+    fn start_coordinator(&mut self) {
+        let child = self.spawn("coordinator", &["coordinator"]);
+        self.coordinators.push(child);
+    }
+
+    fn start_worker(&mut self, extra: &[&str]) {
+        let mut args = vec!["worker"];
+        args.extend_from_slice(extra);
+        let child = self.spawn("worker", &args);
+        self.workers.push(child);
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = self.command(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn submit(&self, manifest: &Path) {
+        let (ok, out) = self.run(&["submit", manifest.to_str().unwrap()]);
+        assert!(ok, "submit failed: {out}");
+    }
+
+    fn state(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.job().join("_state.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn done(&self, stage: &str) -> usize {
+        std::fs::read_dir(self.job().join("_markers").join(stage))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `check` holds, or fails the test showing the logs.
+    fn wait_until(&self, what: &str, mut check: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            if start.elapsed() > WAIT {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the job to end and returns its final state.
+    fn wait_for_end(&self) -> Value {
+        self.wait_until("the job to end", |c| {
+            c.state().is_some_and(|s| s["phase"] != "running")
+        });
+        self.state().unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path().join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            all += &format!("--- {}\n", path.display());
+            for line in tail.into_iter().rev() {
+                all += line;
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    /// The `published` counts a coordinator's log reports.
+    fn published_by(&self, log: &str) -> u64 {
+        std::fs::read_to_string(self.log(log))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|v| v["fields"]["message"] == "published tasks")
+            .map(|v| v["fields"]["published"].as_u64().unwrap_or(0))
+            .sum()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.coordinators.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Remove this test's queues (best effort; they carry a unique prefix).
+        if let Ok(out) = Command::new("rabbitmqctl")
+            .args(["list_queues", "-q", "--no-table-headers", "name"])
+            .output()
+        {
+            for name in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = name.trim();
+                if name.starts_with(&format!("{}.", self.prefix)) {
+                    let _ = Command::new("rabbitmqctl")
+                        .args(["delete_queue", name])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+fn users_of(job: &Path) -> u64 {
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(job.join("data/summary.json")).unwrap()).unwrap();
+    summary["users"].as_u64().unwrap()
+}
+
+/// Every probe part of a finished job, read with pyarrow: shard → user ids.
+fn probe_parts(job: &Path) -> BTreeMap<u32, Vec<String>> {
+    let script = r#"
+import glob, json, os, sys, pyarrow.parquet as pq
+parts = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "part-*.parquet"))):
+    shard = int(os.path.basename(path)[len("part-"):-len(".parquet")])
+    parts[shard] = pq.read_table(path).column("user_id").to_pylist()
+print(json.dumps(parts))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(job.join("probe"))
+        .output()
+        .expect("python3 runs (install pyarrow: pip install pyarrow)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parts: BTreeMap<String, Vec<String>> = serde_json::from_slice(&out.stdout).unwrap();
+    parts
+        .into_iter()
+        .map(|(shard, ids)| (shard.parse().unwrap(), ids))
+        .collect()
+}
+
+/// Each shard's output exists once, and every user appears exactly once across them.
+fn assert_complete_once(job: &Path) {
+    let users = users_of(job);
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(job.join("data/summary.json")).unwrap()).unwrap();
+    let shards = summary["shards"].as_u64().unwrap() as u32;
+    let parts = probe_parts(job);
+    assert_eq!(
+        parts.keys().copied().collect::<Vec<_>>(),
+        (0..shards).collect::<Vec<_>>(),
+        "one part per shard"
+    );
+    let all: Vec<&String> = parts.values().flatten().collect();
+    let unique: BTreeSet<&String> = all.iter().copied().collect();
+    assert_eq!(all.len() as u64, users, "no missing and no duplicated rows");
+    assert_eq!(unique.len(), all.len(), "no user twice");
+    let success: Value =
+        serde_json::from_slice(&std::fs::read(job.join("probe/_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(success["parts"].as_array().unwrap().len() as u32, shards);
+}
+
+/// The files of a job's output folders (data/ and probe/), for byte comparison.
+fn output_files(job: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for folder in ["data", "probe"] {
+        for entry in std::fs::read_dir(job.join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = format!("{folder}/{}", path.file_name().unwrap().to_str().unwrap());
+            // summary.json records the wall-clock time prepare took, and data/_SUCCESS its
+            // checksum.
+            if name == "data/summary.json" || name == "data/_SUCCESS" {
+                continue;
+            }
+            files.insert(name, std::fs::read(&path).unwrap());
+        }
+    }
+    files
+}
+
+#[test]
+fn three_worker_processes_write_what_slim_run_writes() {
+    let mut cluster = Cluster::new("e2e");
+    let embedded = tempfile::tempdir().unwrap();
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "");
+    slim_ok(&[
+        "run",
+        "--quiet",
+        manifest.to_str().unwrap(),
+        "--output",
+        embedded.path().to_str().unwrap(),
+    ]);
+
+    cluster.start_coordinator();
+    for _ in 0..3 {
+        cluster.start_worker(&[]);
+    }
+    cluster.submit(&manifest);
+    let state = cluster.wait_for_end();
+    assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
+
+    let shards = cluster.done("probe");
+    assert!(shards >= 200, "a job of at least 200 shards, got {shards}");
+    assert_complete_once(&cluster.job());
+    let distributed = output_files(&cluster.job());
+    let in_process = output_files(&embedded.path().join(JOB));
+    assert_eq!(
+        distributed.keys().collect::<Vec<_>>(),
+        in_process.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &distributed {
+        assert!(in_process[name] == *bytes, "{name} differs from slim run's");
+    }
+    assert_eq!(cluster.published_by("coordinator-1"), 1 + shards as u64);
+
+    let (ok, status) = cluster.run(&["status", JOB]);
+    assert!(ok, "{status}");
+    assert!(status.contains("succeeded"), "{status}");
+    let probe_line: Vec<&str> = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("probe"))
+        .unwrap_or_else(|| panic!("{status}"))
+        .split_whitespace()
+        .collect();
+    let shards = shards.to_string();
+    assert_eq!(
+        probe_line[1..3],
+        [shards.as_str(), shards.as_str()],
+        "tasks and done: {status}"
+    );
+}
+
+#[test]
+fn workers_killed_mid_task_lose_nothing() {
+    let mut cluster = Cluster::new("kill9");
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 25");
+    cluster.start_coordinator();
+    for _ in 0..3 {
+        cluster.start_worker(&[]);
+    }
+    cluster.submit(&manifest);
+    for (victim, after) in [(0, 20), (1, 100)] {
+        cluster.wait_until(&format!("{after} probe tasks"), |c| {
+            c.done("probe") >= after
+        });
+        let child = &mut cluster.workers[victim];
+        child.kill().unwrap(); // SIGKILL: no chance to settle anything
+        child.wait().unwrap();
+        cluster.start_worker(&[]);
+    }
+    let state = cluster.wait_for_end();
+    assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
+    assert_complete_once(&cluster.job());
+}
+
+#[test]
+fn a_restarted_coordinator_publishes_only_what_is_missing() {
+    let mut cluster = Cluster::new("coordkill");
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 20");
+    cluster.start_coordinator();
+    cluster.start_worker(&[]);
+    cluster.start_worker(&[]);
+    cluster.submit(&manifest);
+    cluster.wait_until("probe tasks published and 30 done", |c| {
+        c.job().join("_published/probe.json").exists() && c.done("probe") >= 30
+    });
+    let child = &mut cluster.coordinators[0];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = cluster.published_by("coordinator-1");
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.start_coordinator();
+    let state = cluster.wait_for_end();
+    assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
+    let shards = cluster.done("probe") as u64;
+    let log = format!("coordinator-{}", cluster.spawned);
+    assert_eq!(
+        first,
+        1 + shards,
+        "the first coordinator published everything"
+    );
+    assert_eq!(
+        cluster.published_by(&log),
+        0,
+        "the restarted coordinator republished nothing\n{}",
+        cluster.logs()
+    );
+    assert_complete_once(&cluster.job());
+}
+
+#[test]
+fn closed_broker_connections_are_reopened() {
+    let mut cluster = Cluster::new("reconnect");
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 20");
+    cluster.start_coordinator();
+    for _ in 0..3 {
+        cluster.start_worker(&[]);
+    }
+    cluster.submit(&manifest);
+    for after in [20, 120] {
+        cluster.wait_until(&format!("{after} probe tasks"), |c| {
+            c.done("probe") >= after
+        });
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "close_all_connections",
+                "slim test: connections closed under load",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let state = cluster.wait_for_end();
+    assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
+    assert_complete_once(&cluster.job());
+}
+
+#[test]
+fn a_poison_task_is_dead_lettered_and_reported() {
+    let mut cluster = Cluster::new("poison").with_env("SLIM_DELIVERY_LIMIT", "3");
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "fail_shards = [7]");
+    cluster.start_coordinator();
+    cluster.start_worker(&[]);
+    cluster.start_worker(&[]);
+    cluster.submit(&manifest);
+    let state = cluster.wait_for_end();
+    assert_eq!(state["phase"], "failed", "{state}\n{}", cluster.logs());
+    let message = state["message"].as_str().unwrap();
+    assert!(
+        message.contains("shard 7") && message.contains("deliberate"),
+        "{message}"
+    );
+
+    let shards = users_of(&cluster.job()).div_ceil(2) as usize;
+    assert_eq!(
+        cluster.done("probe"),
+        shards - 1,
+        "every other shard completed"
+    );
+    let failure: Value = serde_json::from_slice(
+        &std::fs::read(cluster.job().join("_failed/probe/00007.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(failure["attempts"], 3, "{failure}");
+
+    let (ok, status) = cluster.run(&["status", JOB]);
+    assert!(!ok, "status exits non-zero for a failed job");
+    assert!(
+        status.contains("failed: probe shard 7 after 3 attempt(s)")
+            && status.contains("deliberate"),
+        "{status}"
+    );
+}
+
+#[test]
+fn garbage_on_the_task_queue_is_dead_lettered_and_the_worker_carries_on() {
+    let mut cluster = Cluster::new("garbage");
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "");
+    let prefix = cluster.prefix.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use slim_shared::queue::TaskQueue;
+        let queue = slim_shared::queue::amqp::AmqpQueue::connect_url(&amqp_url())
+            .await
+            .unwrap();
+        let topology = slim_shared::queue::Topology {
+            prefix,
+            ..Default::default()
+        };
+        topology
+            .declare_tasks(&queue, &[slim_shared::stage::Stage::Probe])
+            .await
+            .unwrap();
+        let tasks = topology.tasks(slim_shared::stage::Stage::Probe);
+        queue
+            .publish(&tasks, b"\x00\xffnot json".to_vec())
+            .await
+            .unwrap();
+        queue
+            .publish(&tasks, br#"{"version": 99, "job_id": "x"}"#.to_vec())
+            .await
+            .unwrap();
+    });
+    cluster.start_coordinator();
+    cluster.start_worker(&[]);
+    cluster.submit(&manifest);
+    let state = cluster.wait_for_end();
+    assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
+    assert_eq!(
+        cluster.workers[0].try_wait().unwrap(),
+        None,
+        "the worker still runs"
+    );
+
+    let kept = cluster.store().join("_dead_letters");
+    let mut reasons: Vec<String> = std::fs::read_dir(&kept)
+        .unwrap()
+        .map(|e| {
+            let letter: Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            letter["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("malformed task message")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unknown task message version 99")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn sigterm_finishes_or_requeues_the_current_task_and_exits_zero() {
+    let mut cluster = Cluster::new("sigterm");
+    // Two users per shard and long tasks: the worker is mid-task when SIGTERM comes.
+    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 1500");
+    cluster.start_coordinator();
+    cluster.start_worker(&["--grace-secs", "30"]);
+    cluster.submit(&manifest);
+    cluster.wait_until("prepare done and a probe task started", |c| {
+        c.job().join("data/_SUCCESS").exists()
+            && c.state().is_some_and(|s| {
+                s["stages"].as_array().is_some_and(|st| {
+                    st.iter()
+                        .any(|p| p["stage"] == "probe" && p["running"] == 1)
+                })
+            })
+    });
+    let terminate = |child: &Child| {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    terminate(&cluster.workers[0]);
+    let status = cluster.workers[0].wait().unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+    assert_eq!(
+        cluster.done("probe"),
+        1,
+        "the task in hand was finished within the grace period, and no other taken"
+    );
+
+    // With no grace the task in hand goes back to the queue instead. (Let the coordinator
+    // record that the first task ended before looking for the next one.)
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start_worker(&["--grace-secs", "0"]);
+    cluster.wait_until("a second probe task started", |c| {
+        c.state().is_some_and(|s| {
+            s["stages"].as_array().is_some_and(|st| {
+                st.iter()
+                    .any(|p| p["stage"] == "probe" && p["running"] == 1)
+            })
+        })
+    });
+    let worker = cluster.workers.len() - 1;
+    terminate(&cluster.workers[worker]);
+    let status = cluster.workers[worker].wait().unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+    assert_eq!(
+        cluster.done("probe"),
+        1,
+        "the interrupted task was not marked done"
+    );
+    let log = std::fs::read_to_string(cluster.log(&format!("worker-{}", cluster.spawned))).unwrap();
+    assert!(log.contains("requeueing it"), "{log}");
+}
