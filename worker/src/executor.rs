@@ -13,6 +13,7 @@ use slim_shared::stage::Stage;
 use slim_shared::store::Store;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Everything a task needs.
 pub struct TaskContext {
@@ -23,6 +24,25 @@ pub struct TaskContext {
     pub attempt: u32,
     /// Show progress bars (interactive runs only).
     pub progress: bool,
+}
+
+impl TaskContext {
+    /// Writes one output of the task under the job's folder (`key` relative to it, e.g.
+    /// `probe/part-00003.parquet`) and describes it for the marker.
+    pub async fn put_part(&self, key: &str, bytes: Vec<u8>, rows: Option<u64>) -> Result<PartInfo> {
+        let part = PartInfo::of_bytes(key, &bytes, rows);
+        self.store
+            .put(&markers::job_key(self.job.job_id(), key), bytes.into())
+            .await
+            .with_context(|| {
+                format!(
+                    "writing {}",
+                    self.store
+                        .location(&markers::job_key(self.job.job_id(), key))
+                )
+            })?;
+        Ok(part)
+    }
 }
 
 /// What a task produced.
@@ -50,6 +70,7 @@ impl Registry {
         let mut registry = Self::default();
         registry.register(Arc::new(crate::stages::prepare::PrepareExecutor));
         registry.register(Arc::new(crate::stages::probe::ProbeExecutor::default()));
+        registry.register(Arc::new(crate::stages::encode::EncodeExecutor::default()));
         registry
     }
 
@@ -100,9 +121,10 @@ pub async fn run_task(registry: &Registry, ctx: &TaskContext, stage: Stage) -> R
         .get(stage)
         .with_context(|| format!("this worker has no executor for the {stage} stage"))?;
     let span = tracing::info_span!("task", job = %job_id, %stage, shard = ctx.shard, attempt = ctx.attempt);
-    let _guard = span.enter();
+    // `instrument`, not `span.enter()`: a guard held across an await breaks the span stack.
     let result = executor
         .execute(ctx)
+        .instrument(span)
         .await
         .with_context(|| format!("{stage} shard {} of job {job_id}", ctx.shard))?;
     let marker = TaskMarker {

@@ -170,7 +170,7 @@ impl Worker {
             }
         };
         let attempt = delivery.delivery_count();
-        self.publish_event(&task, EventKind::Started, false).await;
+        self.publish_event(&task, EventKind::Started);
         let outcome = tokio::select! {
             outcome = self.execute(stage, &task, attempt) => outcome,
             _ = grace_expired(shutdown, self.config.grace) => {
@@ -191,9 +191,8 @@ impl Worker {
                 let finished = EventKind::Finished {
                     counters: marker.counters,
                 };
-                let (_, acked) =
-                    tokio::join!(self.publish_event(&task, finished, true), delivery.ack());
-                if let Err(e) = acked {
+                self.publish_event(&task, finished);
+                if let Err(e) = delivery.ack().await {
                     // The work is done and marked: a redelivery will find the marker.
                     tracing::warn!(job = %task.job_id, %stage, shard = task.shard, error = %e, "ack failed; the task will be redelivered and skipped");
                 }
@@ -246,9 +245,7 @@ impl Worker {
             EventKind::Failed {
                 error: text.clone(),
             },
-            true,
-        )
-        .await;
+        );
         let settled = if last {
             self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             delivery.reject_to_dead_letter(&text).await
@@ -302,9 +299,9 @@ impl Worker {
     }
 
     /// Events are advisory: a lost one costs the coordinator a little latency, never
-    /// correctness, so failures are logged and otherwise ignored. Events that do not need to
-    /// arrive before the task is settled are sent in the background.
-    async fn publish_event(&self, task: &TaskMessage, kind: EventKind, wait: bool) {
+    /// correctness. So they are sent in the background, off the task's path, and a failure is
+    /// only logged.
+    fn publish_event(&self, task: &TaskMessage, kind: EventKind) {
         let queue = self.queue.clone();
         let name = self.config.topology.events(&task.job_id);
         let body = EventMessage::for_task(task, kind, &self.name).encode();
@@ -313,11 +310,7 @@ impl Worker {
                 tracing::debug!(queue = name, error = %e, "event not delivered");
             }
         };
-        if wait {
-            send.await;
-        } else {
-            tokio::spawn(send);
-        }
+        tokio::spawn(send);
     }
 }
 

@@ -7,7 +7,7 @@ use crate::executor::{StageExecutor, TaskContext, TaskResult};
 use anyhow::{Context, Result, bail};
 use arrow::array::{RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
 use async_trait::async_trait;
-use slim_shared::markers::{self, PartInfo, job_key};
+use slim_shared::markers::{self, job_key};
 use slim_shared::schema::{self, UserRow};
 use slim_shared::stage::Stage;
 use std::sync::{Arc, Mutex};
@@ -42,11 +42,9 @@ impl StageExecutor for ProbeExecutor {
         let shard_users: Vec<&UserRow> = users.iter().filter(|u| u.shard == ctx.shard).collect();
         let bytes = encode_part(&shard_users)?;
         let key = format!("probe/part-{:05}.parquet", ctx.shard);
-        let part = PartInfo::of_bytes(&key, &bytes, Some(shard_users.len() as u64));
-        ctx.store
-            .put(&job_key(ctx.job.job_id(), &key), bytes.into())
-            .await
-            .with_context(|| format!("writing {key}"))?;
+        let part = ctx
+            .put_part(&key, bytes, Some(shard_users.len() as u64))
+            .await?;
         Ok(TaskResult {
             parts: vec![part],
             counters: [("users".to_string(), shard_users.len() as u64)].into(),
