@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: demo test lint fmt garage garage-stop models bench-ingest check-cuda python-deps
+.PHONY: demo test lint fmt garage garage-stop models bench-ingest bench-runtime bench-encode check-cuda python-deps
 
 ## Run the demo job on the bundled Video Games sample (in-process, no servers).
 demo: models
@@ -13,8 +13,8 @@ demo: models
 models:
 	scripts/models.sh
 
-## Run every test (starts Garage on loopback for the S3 tests; RabbitMQ must be up).
-test: python-deps garage
+## Run every test (real model weights, Garage on loopback for the S3 tests; RabbitMQ must be up).
+test: python-deps models garage
 	. .garage/env && $(CARGO) test --workspace
 
 ## Formatting and lints, as CI checks them.
@@ -40,6 +40,18 @@ garage-stop:
 bench-ingest: python-deps
 	$(CARGO) build --release
 	$(PYTHON) benches/ingest.py
+
+## Runtime throughput and per-task overhead next to raw lapin (needs RabbitMQ).
+bench-runtime:
+	$(CARGO) build --release
+	./target/release/slim bench runtime --tasks 10000 --workers 4 --json benches/results/runtime.json
+
+## Text encoder sentences/s next to sentence-transformers (the peer needs torch and
+## sentence-transformers: pip install torch sentence-transformers).
+bench-encode: models
+	$(CARGO) build --release
+	./target/release/slim bench encode --limit 4000
+	$(PYTHON) benches/encode_peer.py --limit 4000 --threads $$(nproc)
 
 ## The GPU build compiles here without CUDA installed.
 check-cuda:

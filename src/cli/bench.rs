@@ -311,3 +311,70 @@ async fn raw_lapin(args: &RuntimeBenchArgs, queue: &str) -> Result<f64> {
         .await?;
     Ok(secs)
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct EncodeBenchArgs {
+    /// A RecBole `.item` file with a `title` column.
+    #[arg(long, default_value = "../shared/data/amazon/Video_Games/Games.item")]
+    pub items: std::path::PathBuf,
+    /// Encoder model folder.
+    #[arg(long, default_value = "models/all-minilm-l6-v2")]
+    pub model: std::path::PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Only the first N titles (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+}
+
+/// Sentences per second of the text encoder on item titles, printed as one JSON line (the
+/// same shape as `benches/encode_peer.py` prints for sentence-transformers).
+pub async fn encode(args: &EncodeBenchArgs) -> Result<()> {
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || {
+        let text = std::fs::read_to_string(&args.items)
+            .with_context(|| format!("reading {}", args.items.display()))?;
+        let mut lines = text.lines();
+        let header = lines.next().context("empty item file")?;
+        let column = header
+            .split('\t')
+            .position(|c| c.split(':').next() == Some("title"))
+            .with_context(|| format!("{}: no title column", args.items.display()))?;
+        let mut titles: Vec<&str> = lines
+            .filter_map(|l| l.split('\t').nth(column))
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        if args.limit > 0 {
+            titles.truncate(args.limit);
+        }
+        let device = slim_worker::backend::device();
+        let encoder = slim_worker::encoder::TextEncoder::<slim_worker::backend::Backend>::load(
+            &args.model,
+            0,
+            &device,
+        )?;
+        // One warm-up batch, as the peer's first call also pays its one-time costs.
+        encoder.encode(
+            &titles[..titles.len().min(args.batch_size)],
+            args.batch_size,
+        )?;
+        let started = Instant::now();
+        let vectors = encoder.encode(&titles, args.batch_size)?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(vectors.len() == titles.len(), "lost sentences");
+        println!(
+            "{}",
+            serde_json::json!({
+                "tool": "slim",
+                "backend": slim_worker::backend::NAME,
+                "sentences": titles.len(),
+                "seconds": seconds,
+                "sentences_per_sec": titles.len() as f64 / seconds,
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "batch_size": args.batch_size,
+            })
+        );
+        Ok(())
+    })
+    .await?
+}
