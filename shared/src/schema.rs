@@ -78,6 +78,117 @@ pub static PROBE: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `teacher/part-NNNNN.parquet` and `student/part-NNNNN.parquet`: one rationale per user.
+pub static RATIONALES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        // The prompt as sent (after templating and history truncation).
+        Field::new("prompt", DataType::Utf8, false),
+        // The whole answer.
+        Field::new("rationale", DataType::Utf8, false),
+        // The answer's three steps: interests, categories, recommended items.
+        Field::new("step1", DataType::Utf8, false),
+        Field::new("step2", DataType::Utf8, false),
+        Field::new("step3", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("prompt_tokens", DataType::UInt32, false),
+        Field::new("completion_tokens", DataType::UInt32, false),
+        Field::new("latency_ms", DataType::UInt64, false),
+        // "stop", "length", ...
+        Field::new("finish_reason", DataType::Utf8, false),
+    ]))
+});
+
+/// The text fields of one rationale row, as the encode stage needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RationaleText {
+    pub user_id: String,
+    pub rationale: String,
+    pub step1: String,
+    pub step2: String,
+    pub step3: String,
+}
+
+/// Reads the text columns of a rationale file.
+pub fn read_rationale_texts(bytes: Bytes, name: &str) -> Result<Vec<RationaleText>> {
+    let mut rows = Vec::new();
+    for batch in read_batches(bytes, &RATIONALES, name)? {
+        let text = |c: &str| column(&batch, c).as_string::<i32>().clone();
+        let (user_id, rationale, step1, step2, step3) = (
+            text("user_id"),
+            text("rationale"),
+            text("step1"),
+            text("step2"),
+            text("step3"),
+        );
+        for r in 0..batch.num_rows() {
+            rows.push(RationaleText {
+                user_id: user_id.value(r).to_string(),
+                rationale: rationale.value(r).to_string(),
+                step1: step1.value(r).to_string(),
+                step2: step2.value(r).to_string(),
+                step3: step3.value(r).to_string(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// An embedding column: `FixedSizeList<Float32>[dim]`, which pandas, polars and DuckDB read
+/// as arrays without help.
+pub fn embedding_field(name: &str, dim: usize) -> Field {
+    Field::new(
+        name,
+        DataType::FixedSizeList(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            i32::try_from(dim).expect("embedding width fits i32"),
+        ),
+        false,
+    )
+}
+
+/// A Parquet file of embeddings: the id columns given, then one vector column per
+/// `(name, vectors)`, every vector `dim` wide.
+pub fn write_embeddings(
+    ids: Vec<(Field, ArrayRef)>,
+    vectors: Vec<(&str, &[Vec<f32>])>,
+    dim: usize,
+) -> Result<Vec<u8>> {
+    use arrow::array::{FixedSizeListArray, Float32Array};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, array) in ids {
+        fields.push(field);
+        columns.push(array);
+    }
+    for (name, rows) in vectors {
+        let mut flat = Vec::with_capacity(rows.len() * dim);
+        for row in rows {
+            anyhow::ensure!(
+                row.len() == dim,
+                "{name}: a vector of {} values, expected {dim}",
+                row.len()
+            );
+            flat.extend_from_slice(row);
+        }
+        let field = embedding_field(name, dim);
+        let DataType::FixedSizeList(inner, width) = field.data_type().clone() else {
+            unreachable!("embedding_field builds a FixedSizeList")
+        };
+        let list =
+            FixedSizeListArray::try_new(inner, width, Arc::new(Float32Array::from(flat)), None)?;
+        fields.push(field);
+        columns.push(Arc::new(list) as ArrayRef);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let mut bytes = Vec::new();
+    let mut writer = writer(&mut bytes, &schema)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(bytes)
+}
+
 /// One row of `data/users.parquet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {

@@ -1,4 +1,5 @@
 //! One home per stage, each implementing [`crate::executor::StageExecutor`].
 
+pub mod encode;
 pub mod prepare;
 pub mod probe;
