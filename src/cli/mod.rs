@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod embed;
 mod prepare;
 mod run;
 
@@ -139,8 +140,8 @@ pub enum Command {
     Serve,
     /// Generate text with a local model.
     Generate,
-    /// Embed texts with the text encoder.
-    Embed,
+    /// Embed texts with the text encoder: one JSON array per text.
+    Embed(embed::EmbedArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -151,6 +152,8 @@ pub enum BenchCommand {
     /// The distributed runtime's throughput and per-task overhead next to raw lapin (needs
     /// RabbitMQ).
     Runtime(bench::RuntimeBenchArgs),
+    /// Text encoder throughput (sentences/s) on the Video Games item titles.
+    Encode(bench::EncodeBenchArgs),
 }
 
 pub fn init_logging(args: &LogArgs) {
@@ -217,7 +220,15 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             bench::runtime(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Report { .. } | Command::Serve | Command::Generate | Command::Embed => {
+        Command::Bench(BenchCommand::Encode(args)) => {
+            bench::encode(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed(args) => {
+            embed::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { .. } | Command::Serve | Command::Generate => {
             eprintln!("this command is not yet available in this build of slim");
             Ok(ExitCode::from(2))
         }
