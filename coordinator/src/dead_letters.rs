@@ -8,7 +8,7 @@ use crate::Runtime;
 use anyhow::{Context, Result};
 use slim_shared::markers::{self, DeadLetter, TaskError};
 use slim_shared::messages::decode_task;
-use slim_shared::queue::dlq_name;
+use slim_shared::queue::{dlq_name, next_unless_shutdown};
 use slim_shared::stage::Stage;
 use tokio::sync::watch;
 
@@ -20,12 +20,10 @@ pub async fn drain(rt: Runtime, stage: Stage, mut shutdown: watch::Receiver<bool
         .consume(&queue)
         .await
         .with_context(|| format!("consuming {queue}"))?;
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|&stop| stop) => return Ok(()),
-            next = deliveries.next() => next.with_context(|| format!("receiving from {queue}"))?,
-        };
+    while let Some(delivery) = next_unless_shutdown(&mut deliveries, &mut shutdown)
+        .await
+        .with_context(|| format!("receiving from {queue}"))?
+    {
         let reason = delivery
             .dead_letter_reason()
             .unwrap_or("delivery limit reached")
@@ -50,6 +48,7 @@ pub async fn drain(rt: Runtime, stage: Stage, mut shutdown: watch::Receiver<bool
             tracing::debug!(queue, error = %e, "dead letter ack failed; it will be recorded again");
         }
     }
+    Ok(())
 }
 
 async fn record(

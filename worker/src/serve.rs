@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use slim_shared::manifest::{LoadedManifest, Manifest};
 use slim_shared::markers::{self, TaskError, job_key};
 use slim_shared::messages::{EventKind, EventMessage, TaskMessage, decode_task};
-use slim_shared::queue::{Delivery, TaskQueue, Topology};
+use slim_shared::queue::{Delivery, TaskQueue, Topology, next_unless_shutdown, shutdown_requested};
 use slim_shared::stage::Stage;
 use slim_shared::store::Store;
 use std::collections::HashMap;
@@ -139,16 +139,15 @@ impl Worker {
             .consume(&queue)
             .await
             .with_context(|| format!("consuming {queue}"))?;
-        loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = wait_for(&mut shutdown) => return Ok(()),
-                next = deliveries.next() => next.with_context(|| format!("receiving from {queue}"))?,
-            };
+        while let Some(delivery) = next_unless_shutdown(&mut deliveries, &mut shutdown)
+            .await
+            .with_context(|| format!("receiving from {queue}"))?
+        {
             if let Handled::Interrupted = self.handle(stage, delivery, &mut shutdown).await {
-                return Ok(());
+                break;
             }
         }
+        Ok(())
     }
 
     async fn handle(
@@ -314,16 +313,8 @@ impl Worker {
     }
 }
 
-/// Resolves once `shutdown` is true.
-async fn wait_for(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|&stop| stop).await.is_err() {
-        // The sender is gone: nobody can ask for a shutdown any more.
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Resolves `grace` after `shutdown` turns true.
 async fn grace_expired(shutdown: &mut watch::Receiver<bool>, grace: Duration) {
-    wait_for(shutdown).await;
+    shutdown_requested(shutdown).await;
     tokio::time::sleep(grace).await;
 }

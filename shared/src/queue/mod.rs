@@ -113,6 +113,27 @@ pub trait Deliveries: Send {
     async fn next(&mut self) -> Result<Delivery>;
 }
 
+/// Resolves once `shutdown` turns true. A dropped sender means nobody can ask for a shutdown any
+/// more: then it never resolves.
+pub async fn shutdown_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|&stop| stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The next delivery, or `None` once `shutdown` turns true (a shutdown wins over a ready
+/// delivery, so nothing new is taken after it).
+pub async fn next_unless_shutdown(
+    deliveries: &mut Box<dyn Deliveries>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Delivery>> {
+    tokio::select! {
+        biased;
+        _ = shutdown_requested(shutdown) => Ok(None),
+        next = deliveries.next() => next.map(Some),
+    }
+}
+
 /// How a delivery is settled; implemented by each queue.
 #[async_trait]
 pub(crate) trait Settle: Send {
