@@ -41,6 +41,9 @@ pub struct RuntimeBenchArgs {
     /// Prefetch per consumer, for both.
     #[arg(long, default_value_t = 16)]
     pub prefetch: u16,
+    /// Tasks each worker runs at once (`slim worker --concurrency`).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
     #[arg(
         long,
         env = "SLIM_AMQP_URL",
@@ -57,10 +60,12 @@ struct Results {
     tasks: u32,
     workers: u16,
     prefetch: u16,
+    concurrency: usize,
     raw_lapin_msgs_per_sec: f64,
     runtime_tasks_per_sec: f64,
     runtime_vs_raw: f64,
-    /// Wall time per task per worker: every millisecond of it is overhead, the stage does nothing.
+    /// Wall time per task per worker (process): every millisecond of it is overhead, the stage
+    /// does nothing. With concurrency above 1, one task's latency is this times concurrency.
     per_task_overhead_ms: f64,
     runtime_secs: f64,
     raw_secs: f64,
@@ -144,6 +149,7 @@ pub async fn runtime(args: &RuntimeBenchArgs) -> Result<()> {
                 topology: topology.clone(),
                 stages: vec![Stage::Probe],
                 grace: Duration::ZERO,
+                concurrency: args.concurrency,
                 progress: false,
             },
         ));
@@ -170,6 +176,7 @@ pub async fn runtime(args: &RuntimeBenchArgs) -> Result<()> {
         tasks: args.tasks,
         workers: args.workers,
         prefetch: args.prefetch,
+        concurrency: args.concurrency,
         raw_lapin_msgs_per_sec: raw_rate,
         runtime_tasks_per_sec: runtime_rate,
         runtime_vs_raw: runtime_rate / raw_rate,

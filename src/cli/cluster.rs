@@ -167,6 +167,10 @@ pub struct WorkerArgs {
     /// Tasks held at once per stage queue: 1 for long tasks; more for short ones.
     #[arg(long, env = "SLIM_PREFETCH", default_value_t = 1)]
     pub prefetch: u16,
+    /// Tasks of one stage run at once: 1 for compute-bound stages, more for stages that mostly
+    /// wait (a teacher behind a remote API).
+    #[arg(long, env = "SLIM_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
     /// Seconds the current task may run on after SIGTERM before it is requeued.
     #[arg(long, env = "SLIM_GRACE_SECS", default_value_t = 300)]
     pub grace_secs: u64,
@@ -198,6 +202,7 @@ pub async fn worker(args: &ClusterArgs, worker: &WorkerArgs) -> Result<ExitCode>
         stages,
         grace: Duration::from_secs(worker.grace_secs),
         progress: false,
+        concurrency: worker.concurrency.max(1),
     };
     let worker = Arc::new(Worker::new(
         args.queue().await?,

@@ -69,6 +69,7 @@ pub async fn run(loaded: LoadedManifest, progress: bool) -> Result<ExitCode> {
             topology,
             stages: runnable.clone(),
             grace: Duration::ZERO,
+            concurrency: 1,
             progress,
         },
     ));

@@ -36,6 +36,9 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Let executors show progress bars (in-process runs on a terminal).
     pub progress: bool,
+    /// Tasks of one stage this worker runs at once (1 for compute-bound stages; more for
+    /// stages that mostly wait, such as a teacher behind a remote API).
+    pub concurrency: usize,
 }
 
 /// Tasks a worker settled, by outcome.
@@ -111,9 +114,11 @@ impl Worker {
             .context("declaring the task queues")?;
         let mut loops = tokio::task::JoinSet::new();
         for &stage in &self.config.stages {
-            let worker = self.clone();
-            let shutdown = shutdown.clone();
-            loops.spawn(async move { worker.serve(stage, shutdown).await });
+            for _ in 0..self.config.concurrency.max(1) {
+                let worker = self.clone();
+                let shutdown = shutdown.clone();
+                loops.spawn(async move { worker.serve(stage, shutdown).await });
+            }
         }
         tracing::info!(worker = %self.name, stages = ?self.config.stages, "worker started");
         let mut result = Ok(());
