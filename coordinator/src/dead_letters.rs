@@ -15,6 +15,11 @@ use tokio::sync::watch;
 /// Drains the dead-letter queue of `stage`'s tasks until `shutdown` turns true.
 pub async fn drain(rt: Runtime, stage: Stage, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let queue = dlq_name(&rt.topology.tasks(stage));
+    // Declared here too, so a drain may start before anyone else declared the queues.
+    rt.topology
+        .declare_tasks(rt.queue.as_ref(), &[stage])
+        .await
+        .with_context(|| format!("declaring the {stage} task queue"))?;
     let mut deliveries = rt
         .queue
         .consume(&queue)

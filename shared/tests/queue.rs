@@ -208,6 +208,28 @@ async fn depth_counts_ready(q: Arc<dyn TaskQueue>) {
     q.delete(&queue).await.unwrap();
 }
 
+async fn advisory_queues_take_notifications(q: Arc<dyn TaskQueue>) {
+    let opts = QueueOptions {
+        advisory: true,
+        prefetch: 64,
+        ..QueueOptions::default()
+    };
+    let queue = declared(&*q, "advisory", opts).await;
+    for i in 0..10u8 {
+        q.notify(&queue, vec![i]).await.unwrap();
+    }
+    let mut c = q.consume(&queue).await.unwrap();
+    for i in 0..10u8 {
+        let d = next(&mut c).await;
+        assert_eq!(d.body(), [i], "in order");
+        d.ack().await.unwrap();
+    }
+    nothing_more(&mut c).await;
+    // An advisory queue has no dead-letter queue.
+    assert!(q.depth(&dlq_name(&queue)).await.is_err());
+    q.delete(&queue).await.unwrap();
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod embedded_queue {
@@ -236,6 +258,7 @@ suite!(
     reject_with_reason,
     garbage_is_dead_lettered_and_consumer_goes_on,
     depth_counts_ready,
+    advisory_queues_take_notifications,
 );
 
 fn rabbitmqctl(args: &[&str]) {

@@ -78,15 +78,24 @@ pub async fn run(loaded: LoadedManifest, progress: bool) -> Result<ExitCode> {
     for &stage in &runnable {
         background.spawn(dead_letters::drain(rt.clone(), stage, stopped.clone()));
     }
-    let outcome = driver::drive(
+    let drive = driver::drive(
         &rt,
         &job_id,
         DriveOptions {
             progress,
             only: Some(runnable.clone()),
         },
-    )
-    .await;
+    );
+    // The worker and the drains run until told to stop; one ending early is an error the
+    // driver would otherwise wait on forever.
+    let outcome = tokio::select! {
+        outcome = drive => outcome,
+        Some(joined) = background.join_next() => {
+            let _ = stop.send(true);
+            joined.context("a background task panicked")??;
+            anyhow::bail!("the in-process worker stopped before the job ended");
+        }
+    };
     let _ = stop.send(true);
     while let Some(joined) = background.join_next().await {
         joined.context("a background task panicked")??;

@@ -310,7 +310,7 @@ impl Worker {
         let name = self.config.topology.events(&task.job_id);
         let body = EventMessage::for_task(task, kind, &self.name).encode();
         let send = async move {
-            if let Err(e) = queue.publish(&name, body).await {
+            if let Err(e) = queue.notify(&name, body).await {
                 tracing::debug!(queue = name, error = %e, "event not delivered");
             }
         };

@@ -362,6 +362,21 @@ fn dead_letter_reason(headers: &FieldTable) -> Option<String> {
 impl TaskQueue for AmqpQueue {
     async fn declare(&self, queue: &str, opts: QueueOptions) -> Result<()> {
         super::embedded::validate(queue, &opts)?;
+        if opts.advisory {
+            // Best-effort messages need none of a quorum queue's replicated, fsynced log.
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), long_string("classic"));
+            self.inner
+                .on_channel("queue.declare", queue, |ch| {
+                    let args = args.clone();
+                    async move {
+                        ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+                            .await
+                    }
+                })
+                .await?;
+            return Ok(());
+        }
         let dlq = dlq_name(queue);
         let mut dlq_args = FieldTable::default();
         dlq_args.insert("x-queue-type".into(), long_string("quorum"));
@@ -399,6 +414,28 @@ impl TaskQueue for AmqpQueue {
 
     async fn publish(&self, queue: &str, body: Vec<u8>) -> Result<()> {
         self.inner.publish(queue, &body, None).await
+    }
+
+    async fn notify(&self, queue: &str, body: Vec<u8>) -> Result<()> {
+        self.inner
+            .retry("basic.publish", |link| {
+                let body = &body;
+                async move {
+                    // Transient and not awaited for its confirm: the confirm future is dropped.
+                    link.publisher
+                        .basic_publish(
+                            "".into(),
+                            queue.into(),
+                            BasicPublishOptions::default(),
+                            body,
+                            BasicProperties::default().with_delivery_mode(1),
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|e| Failure::from_lapin("basic.publish", queue, e))
+                }
+            })
+            .await
     }
 
     async fn consume(&self, queue: &str) -> Result<Box<dyn Deliveries>> {

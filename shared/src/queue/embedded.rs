@@ -111,6 +111,10 @@ impl TaskQueue for EmbeddedQueue {
     async fn declare(&self, queue: &str, opts: QueueOptions) -> Result<()> {
         validate(queue, &opts)?;
         let mut queues = self.inner.lock();
+        if opts.advisory {
+            self.inner.create(&mut queues, queue, opts, None);
+            return Ok(());
+        }
         let dlq = dlq_name(queue);
         self.inner
             .create(&mut queues, queue, opts, Some(dlq.clone()));

@@ -41,6 +41,9 @@ pub struct QueueOptions {
     pub consumer_timeout_ms: u64,
     /// The most unsettled deliveries one consumer holds. At least 1.
     pub prefetch: u16,
+    /// A queue for best-effort messages (progress events): on RabbitMQ a classic queue whose
+    /// messages are not persisted, with no dead-letter queue; fed with [`TaskQueue::notify`].
+    pub advisory: bool,
 }
 
 impl Default for QueueOptions {
@@ -49,6 +52,7 @@ impl Default for QueueOptions {
             delivery_limit: 5,
             consumer_timeout_ms: 2 * 60 * 60 * 1000,
             prefetch: 1,
+            advisory: false,
         }
     }
 }
@@ -93,6 +97,12 @@ pub trait TaskQueue: Send + Sync {
 
     /// Stores `body` on `queue` and returns once the queue has it (confirmed).
     async fn publish(&self, queue: &str, body: Vec<u8>) -> Result<()>;
+
+    /// Sends a best-effort message: not persisted, not confirmed, so it costs the sender no
+    /// round trip and may be lost (with a connection, or a broker restart). For advisory queues.
+    async fn notify(&self, queue: &str, body: Vec<u8>) -> Result<()> {
+        self.publish(queue, body).await
+    }
 
     /// Starts consuming `queue`.
     async fn consume(&self, queue: &str) -> Result<Box<dyn Deliveries>>;

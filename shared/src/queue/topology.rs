@@ -55,16 +55,18 @@ impl Topology {
             consumer_timeout_ms: u64::try_from(self.consumer_timeout.as_millis())
                 .unwrap_or(u64::MAX),
             prefetch: self.prefetch,
+            advisory: false,
         }
     }
 
-    /// Events are small and settled at once: a large prefetch, and a limit that only stops a
-    /// coordinator that keeps crashing on one event from looping.
+    /// Events are advisory (markers are the truth), small and settled at once: a best-effort
+    /// queue with a large prefetch.
     pub fn event_options(&self) -> QueueOptions {
         QueueOptions {
             delivery_limit: 3,
             consumer_timeout_ms: 30 * 60 * 1000,
             prefetch: 512,
+            advisory: true,
         }
     }
 

@@ -200,13 +200,37 @@ impl S3Store {
         let parts = size.div_ceil(part_size).max(1);
         tracing::debug!(%uri, bytes = size, parts, part_size, "multipart upload");
 
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
+        // Created in a task of its own: should this future be dropped while the request is in
+        // flight, the server may still open the upload, and only that task learns its id. It
+        // then aborts the upload itself instead of leaving it (and later parts) orphaned.
+        let (created_tx, created_rx) = tokio::sync::oneshot::channel();
+        let (client, bucket, create_key) =
+            (self.client.clone(), self.bucket.clone(), object_key.clone());
+        tokio::spawn(async move {
+            let created = client
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(&create_key)
+                .send()
+                .await;
+            if let Err(Ok(orphan)) = created_tx.send(created)
+                && let Some(upload_id) = orphan.upload_id()
+            {
+                let mut guard = AbortOnDrop {
+                    client,
+                    bucket,
+                    key: create_key,
+                    upload_id: Some(upload_id.to_string()),
+                };
+                guard.abort().await;
+            }
+        });
+        let created = created_rx
             .await
+            .map_err(|_| StoreError::Remote {
+                uri: uri.clone(),
+                message: "CreateMultipartUpload was cancelled".into(),
+            })?
             .map_err(|e| sdk_error(&uri, e))?;
         let upload_id = created.upload_id().ok_or_else(|| StoreError::Remote {
             uri: uri.clone(),
