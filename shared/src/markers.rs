@@ -81,10 +81,7 @@ pub fn job_key(job_id: &str, key: &str) -> String {
 
 /// `{job}/_markers/{stage}/{shard:05}.json`
 pub fn task_marker_key(job_id: &str, stage: Stage, shard: u32) -> String {
-    job_key(
-        job_id,
-        &format!("_markers/{}/{shard:05}.json", stage.name()),
-    )
+    shard_record_key(job_id, "_markers", stage, shard)
 }
 
 /// `{job}/{stage folder}/_SUCCESS`
@@ -178,12 +175,21 @@ pub fn now_unix_ms() -> u64 {
 
 /// `{job}/_errors/{stage}/{shard:05}.json`
 pub fn task_error_key(job_id: &str, stage: Stage, shard: u32) -> String {
-    job_key(job_id, &format!("_errors/{}/{shard:05}.json", stage.name()))
+    shard_record_key(job_id, "_errors", stage, shard)
 }
 
 /// `{job}/_failed/{stage}/{shard:05}.json`
 pub fn failure_key(job_id: &str, stage: Stage, shard: u32) -> String {
-    job_key(job_id, &format!("_failed/{}/{shard:05}.json", stage.name()))
+    shard_record_key(job_id, "_failed", stage, shard)
+}
+
+/// `{job}/{folder}/{stage}/{shard:05}.json`: the layout of every per-shard record, which
+/// [`shards_under`] lists.
+fn shard_record_key(job_id: &str, folder: &str, stage: Stage, shard: u32) -> String {
+    job_key(
+        job_id,
+        &format!("{folder}/{}/{shard:05}.json", stage.name()),
+    )
 }
 
 /// `{job}/_published/{stage}.json`

@@ -362,38 +362,31 @@ fn dead_letter_reason(headers: &FieldTable) -> Option<String> {
 impl TaskQueue for AmqpQueue {
     async fn declare(&self, queue: &str, opts: QueueOptions) -> Result<()> {
         super::embedded::validate(queue, &opts)?;
-        if opts.advisory {
+        let dlq = dlq_name(queue);
+        let declarations = if opts.advisory {
             // Best-effort messages need none of a quorum queue's replicated, fsynced log.
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), long_string("classic"));
-            self.inner
-                .on_channel("queue.declare", queue, |ch| {
-                    let args = args.clone();
-                    async move {
-                        ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
-                            .await
-                    }
-                })
-                .await?;
-            return Ok(());
-        }
-        let dlq = dlq_name(queue);
-        let mut dlq_args = FieldTable::default();
-        dlq_args.insert("x-queue-type".into(), long_string("quorum"));
-        let mut args = dlq_args.clone();
-        // RabbitMQ dead-letters a message once it was returned more than `x-delivery-limit`
-        // times, i.e. after `x-delivery-limit + 1` deliveries.
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(opts.delivery_limit) - 1),
-        );
-        args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&dlq));
-        args.insert(
-            "x-consumer-timeout".into(),
-            AMQPValue::LongLongInt(i64::try_from(opts.consumer_timeout_ms).unwrap_or(i64::MAX)),
-        );
-        for (name, args) in [(dlq.as_str(), &dlq_args), (queue, &args)] {
+            vec![(queue, args)]
+        } else {
+            let mut dlq_args = FieldTable::default();
+            dlq_args.insert("x-queue-type".into(), long_string("quorum"));
+            let mut args = dlq_args.clone();
+            // RabbitMQ dead-letters a message once it was returned more than `x-delivery-limit`
+            // times, i.e. after `x-delivery-limit + 1` deliveries.
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(opts.delivery_limit) - 1),
+            );
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(&dlq));
+            args.insert(
+                "x-consumer-timeout".into(),
+                AMQPValue::LongLongInt(i64::try_from(opts.consumer_timeout_ms).unwrap_or(i64::MAX)),
+            );
+            vec![(dlq.as_str(), dlq_args), (queue, args)]
+        };
+        for (name, args) in declarations {
             self.inner
                 .on_channel("queue.declare", name, |ch| {
                     let args = args.clone();
