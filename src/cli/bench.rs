@@ -385,3 +385,91 @@ pub async fn encode(args: &EncodeBenchArgs) -> Result<()> {
     })
     .await?
 }
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateBenchArgs {
+    /// Model (GGUF file or Hugging Face folder). Default: SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Batch sizes to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub batches: Vec<usize>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// New tokens per prompt (no stop tokens: every row decodes this many).
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub async fn generate(args: &GenerateBenchArgs) -> Result<()> {
+    use slim_worker::llm::generate::{Sampling, generate_batch_timed};
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || {
+        let model = args
+            .model
+            .clone()
+            .unwrap_or_else(slim_worker::llm::default_model_path);
+        let engine = slim_worker::llm::Engine::<slim_worker::backend::Backend>::load(
+            &model,
+            &slim_worker::backend::device(),
+        )?;
+        // Real English text, cycled to the prompt length; each row starts elsewhere so rows differ.
+        let text = "Recommend the next video game for a player who recently bought a racing wheel, \
+                    two open-world adventure games, a rhythm game and a puzzle collection. Explain \
+                    the player's preferences, the categories and brands they favour, and which items fit.";
+        let base = engine.tokenizer.encode(text)?;
+        let prompt = |row: usize| -> Vec<u32> {
+            (0..args.prompt_tokens).map(|i| base[(i + row * 7) % base.len()]).collect()
+        };
+        let sampling = Sampling {
+            max_new_tokens: args.new_tokens,
+            ..Sampling::default()
+        };
+        // Warm-up: first calls pay allocation and thread-pool start-up.
+        generate_batch_timed(&engine.model, &[prompt(0)], &Sampling { max_new_tokens: 4, ..sampling.clone() }, &[])?;
+        let mut rows = Vec::new();
+        for &batch in &args.batches {
+            let prompts: Vec<Vec<u32>> = (0..batch).map(prompt).collect();
+            let (generated, timings) = generate_batch_timed(&engine.model, &prompts, &sampling, &[])?;
+            let new_tokens: usize = generated.iter().map(|g| g.tokens.len()).sum();
+            // The first new token of each row comes from the prefill pass.
+            let decoded = new_tokens - batch;
+            let row = serde_json::json!({
+                "batch": batch,
+                "prompt_tokens": args.prompt_tokens,
+                "new_tokens": args.new_tokens,
+                "prefill_tokens_per_sec": (batch * args.prompt_tokens) as f64 / timings.prefill_seconds,
+                "decode_tokens_per_sec": decoded as f64 / timings.decode_seconds,
+                "decode_ms_per_step": 1000.0 * timings.decode_seconds / timings.decode_steps.max(1) as f64,
+                "peak_rss_mib": peak_rss_mib(),
+            });
+            println!("{row}");
+            rows.push(row);
+        }
+        let result = serde_json::json!({
+            "tool": "slim",
+            "backend": slim_worker::backend::NAME,
+            "model": model.display().to_string(),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "runs": rows,
+        });
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&result)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    })
+    .await?
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod embed;
+mod generate;
 mod prepare;
 mod run;
 
@@ -138,8 +139,8 @@ pub enum Command {
     Report { job: String },
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve,
-    /// Generate text with a local model.
-    Generate,
+    /// Generate text with a local model (prints only the generated text).
+    Generate(generate::GenerateArgs),
     /// Embed texts with the text encoder: one JSON array per text.
     Embed(embed::EmbedArgs),
     /// Benchmarks.
@@ -154,6 +155,8 @@ pub enum BenchCommand {
     Runtime(bench::RuntimeBenchArgs),
     /// Text encoder throughput (sentences/s) on the Video Games item titles.
     Encode(bench::EncodeBenchArgs),
+    /// LLM prefill and decode tokens/s at several batch sizes, and peak memory.
+    Generate(bench::GenerateBenchArgs),
 }
 
 pub fn init_logging(args: &LogArgs) {
@@ -224,11 +227,19 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             bench::encode(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Generate(args)) => {
+            bench::generate(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Embed(args) => {
             embed::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Report { .. } | Command::Serve | Command::Generate => {
+        Command::Generate(args) => {
+            generate::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { .. } | Command::Serve => {
             eprintln!("this command is not yet available in this build of slim");
             Ok(ExitCode::from(2))
         }

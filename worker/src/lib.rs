@@ -7,5 +7,7 @@
 pub mod backend;
 pub mod encoder;
 pub mod executor;
+pub mod llm;
 pub mod serve;
 pub mod stages;
+pub mod weights;

@@ -4,11 +4,11 @@
 //! come from a checkpoint (never initialised), and the forward pass reads like the BERT paper.
 //! Linear weights are stored transposed (`[in, out]`) so a projection is one matmul.
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -132,27 +132,7 @@ impl<B: Backend> Weights<'_, B> {
             .tensors
             .tensor(&full)
             .with_context(|| format!("{}: no tensor {full}", self.file.display()))?;
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => bail!(
-                "{}: tensor {full} has dtype {other:?}; expected F32, F16 or BF16",
-                self.file.display()
-            ),
-        };
+        let values = crate::weights::view_to_f32(&view, &full, self.file)?;
         Ok((values, view.shape().to_vec()))
     }
 

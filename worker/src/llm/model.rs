@@ -1,0 +1,446 @@
+//! The Llama architecture on Burn: RMSNorm, rotary embeddings, grouped-query attention with a
+//! KV cache, SwiGLU MLP and a tied or untied output head.
+//!
+//! Plain tensors rather than `burn::nn` modules, like the BERT encoder: weights always come
+//! from a checkpoint, and the forward pass stays readable next to the Hugging Face code.
+//! Projection weights are kept as `[in, out]` so each projection is one matmul. Hidden states
+//! travel as `[rows, hidden]` (rows = batch x positions) and are reshaped only for attention.
+
+use super::config::{LlamaConfig, RopePairing};
+use super::weights::{WeightSource, hf_names, save_hf};
+use anyhow::{Result, ensure};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// A projection, `[in, out]`.
+#[derive(Clone)]
+pub(crate) struct Projection<B: Backend> {
+    pub(crate) weight: Tensor<B, 2>,
+}
+
+impl<B: Backend> Projection<B> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.weight.clone())
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Block<B: Backend> {
+    pub(crate) attention_norm: Tensor<B, 1>,
+    pub(crate) q: Projection<B>,
+    pub(crate) k: Projection<B>,
+    pub(crate) v: Projection<B>,
+    pub(crate) o: Projection<B>,
+    pub(crate) mlp_norm: Tensor<B, 1>,
+    pub(crate) gate: Projection<B>,
+    pub(crate) up: Projection<B>,
+    pub(crate) down: Projection<B>,
+}
+
+/// Keys and values of the positions seen so far, per layer: `[batch, kv_heads, seen, head_dim]`.
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: vec![None; layers],
+        }
+    }
+
+    /// Positions held (0 before the first step).
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|layer| layer.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Llama-family decoder with its weights on one device.
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    pub(crate) embedding: Tensor<B, 2>,
+    pub(crate) blocks: Vec<Block<B>>,
+    pub(crate) final_norm: Tensor<B, 1>,
+    /// `[hidden, vocab]`; the transposed embedding when tied.
+    pub(crate) head: Tensor<B, 2>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    device: Device<B>,
+}
+
+/// One forward step's inputs: `tokens` and `positions` are `[batch, len]` row-major; `mask_bias`
+/// is added to attention scores, `[batch, 1, len, cached + len]` (0 to attend, a large negative
+/// not to).
+pub struct StepInput<B: Backend> {
+    pub tokens: Tensor<B, 2, Int>,
+    pub positions: Tensor<B, 2, Int>,
+    pub mask_bias: Tensor<B, 4>,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model from `source` (Hugging Face tensor names, `[out, in]` matrices).
+    pub fn load(
+        config: LlamaConfig,
+        source: &dyn WeightSource,
+        device: &Device<B>,
+    ) -> Result<Self> {
+        let h = config.hidden_size;
+        let hd = config.head_dim();
+        let q_out = config.num_attention_heads * hd;
+        let kv_out = config.kv_heads() * hd;
+        let inter = config.intermediate_size;
+        let vector = |name: &str, len: usize| -> Result<Tensor<B, 1>> {
+            let (values, shape) = source.tensor(name)?;
+            ensure!(
+                shape == [len],
+                "{}: {name} has shape {shape:?}, expected [{len}]",
+                source.describe()
+            );
+            Ok(Tensor::from_data(TensorData::new(values, [len]), device))
+        };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Tensor<B, 2>> {
+            let (values, shape) = source.tensor(name)?;
+            ensure!(
+                shape == [rows, cols],
+                "{}: {name} has shape {shape:?}, expected [{rows}, {cols}]",
+                source.describe()
+            );
+            Ok(Tensor::from_data(
+                TensorData::new(values, [rows, cols]),
+                device,
+            ))
+        };
+        // Checkpoints store [out, in].
+        let projection = |name: &str, input: usize, output: usize| -> Result<Projection<B>> {
+            Ok(Projection {
+                weight: matrix(name, output, input)?.transpose(),
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for layer in 0..config.num_hidden_layers {
+            let n = hf_names::Layer(layer);
+            blocks.push(Block {
+                attention_norm: vector(&n.attention_norm(), h)?,
+                q: projection(&n.q(), h, q_out)?,
+                k: projection(&n.k(), h, kv_out)?,
+                v: projection(&n.v(), h, kv_out)?,
+                o: projection(&n.o(), q_out, h)?,
+                mlp_norm: vector(&n.mlp_norm(), h)?,
+                gate: projection(&n.gate(), h, inter)?,
+                up: projection(&n.up(), h, inter)?,
+                down: projection(&n.down(), inter, h)?,
+            });
+        }
+        let embedding = matrix(hf_names::EMBEDDING, config.vocab_size, h)?;
+        let head = if config.tie_word_embeddings || !source.contains(hf_names::HEAD) {
+            embedding.clone().transpose()
+        } else {
+            matrix(hf_names::HEAD, config.vocab_size, h)?.transpose()
+        };
+        let (cos, sin) = rope_tables(&config, device);
+        Ok(Self {
+            final_norm: vector(hf_names::FINAL_NORM, h)?,
+            embedding,
+            blocks,
+            head,
+            cos,
+            sin,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    pub fn device(&self) -> &Device<B> {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.blocks.len())
+    }
+
+    /// Runs `input` through the decoder, extending `cache`; returns the final-normed hidden
+    /// states `[batch * len, hidden]`.
+    pub fn step(&self, input: StepInput<B>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+        let [batch, len] = input.tokens.dims();
+        let rows = batch * len;
+        let h = self.config.hidden_size;
+        let hd = self.config.head_dim();
+        let heads = self.config.num_attention_heads;
+        let kv_heads = self.config.kv_heads();
+        let group = heads / kv_heads;
+        let eps = self.config.rms_norm_eps;
+
+        let mut x = self
+            .embedding
+            .clone()
+            .select(0, input.tokens.reshape([rows]));
+        let positions = input.positions.reshape([rows]);
+        let cos = self
+            .cos
+            .clone()
+            .select(0, positions.clone())
+            .reshape([batch, 1, len, hd / 2]);
+        let sin = self
+            .sin
+            .clone()
+            .select(0, positions)
+            .reshape([batch, 1, len, hd / 2]);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let pairing = self.config.rope_pairing;
+
+        for (block, cached) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let normed = rms_norm(x.clone(), &block.attention_norm, eps);
+            let heads_of =
+                |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
+            let q = heads_of(block.q.forward(normed.clone()), heads);
+            let k = heads_of(block.k.forward(normed.clone()), kv_heads);
+            let v = heads_of(block.v.forward(normed), kv_heads);
+            let q = apply_rope(q, &cos, &sin, pairing);
+            let k = apply_rope(k, &cos, &sin, pairing);
+            let (k, v) = match cached.take() {
+                Some((past_k, past_v)) => (
+                    Tensor::cat(vec![past_k, k], 2),
+                    Tensor::cat(vec![past_v, v], 2),
+                ),
+                None => (k, v),
+            };
+            *cached = Some((k.clone(), v.clone()));
+            let total = k.dims()[2];
+            // Grouped-query attention without copying keys: the query heads that share a
+            // key-value head are stacked along the position axis.
+            let q = q.reshape([batch, kv_heads, group * len, hd]);
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar(scale)
+                .reshape([batch, heads, len, total])
+                + input.mask_bias.clone();
+            let attended = softmax(scores, 3)
+                .reshape([batch, kv_heads, group * len, total])
+                .matmul(v)
+                .reshape([batch, heads, len, hd])
+                .swap_dims(1, 2)
+                .reshape([rows, heads * hd]);
+            x = x + block.o.forward(attended);
+
+            let normed = rms_norm(x.clone(), &block.mlp_norm, eps);
+            let gated = silu(block.gate.forward(normed.clone())) * block.up.forward(normed);
+            x = x + block.down.forward(gated);
+        }
+        rms_norm(x, &self.final_norm, eps).reshape([rows, h])
+    }
+
+    /// Vocabulary logits `[rows, vocab]` for hidden states `[rows, hidden]`.
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        hidden.matmul(self.head.clone())
+    }
+
+    /// Logits `[batch, len, vocab]` of right-padded sequences in one pass without a cache
+    /// (scoring and training); padding positions attend only to themselves and are garbage.
+    pub fn forward(&self, sequences: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
+        let batch = sequences.len();
+        let len = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        ensure!(
+            batch > 0 && len > 0,
+            "forward needs at least one non-empty sequence"
+        );
+        let mut tokens = Vec::with_capacity(batch * len);
+        let mut lengths = Vec::with_capacity(batch);
+        for sequence in sequences {
+            tokens.extend(sequence.iter().map(|&t| t as i64));
+            tokens.extend(std::iter::repeat_n(0, len - sequence.len()));
+            lengths.push(sequence.len());
+        }
+        let positions: Vec<i64> = (0..batch).flat_map(|_| 0..len as i64).collect();
+        let mask = causal_bias(&lengths, len, &self.device);
+        let input = StepInput {
+            tokens: Tensor::from_data(TensorData::new(tokens, [batch, len]), &self.device),
+            positions: Tensor::from_data(TensorData::new(positions, [batch, len]), &self.device),
+            mask_bias: mask,
+        };
+        let hidden = self.step(input, &mut self.new_cache());
+        Ok(self
+            .logits(hidden)
+            .reshape([batch, len, self.config.vocab_size]))
+    }
+
+    /// Checks a token id against the vocabulary.
+    pub fn check_token(&self, token: u32) -> Result<()> {
+        ensure!(
+            (token as usize) < self.config.vocab_size,
+            "token id {token} is outside the vocabulary of {}",
+            self.config.vocab_size
+        );
+        Ok(())
+    }
+}
+
+/// A large negative that survives `softmax` without producing NaN when added to itself.
+pub(crate) const MASKED: f32 = -1e9;
+
+/// Causal attention bias for right-padded rows of `lengths` within `len` positions: a position
+/// attends to earlier real positions of its own row (padding only to itself).
+fn causal_bias<B: Backend>(lengths: &[usize], len: usize, device: &Device<B>) -> Tensor<B, 4> {
+    let mut bias = vec![MASKED; lengths.len() * len * len];
+    for (row, &length) in lengths.iter().enumerate() {
+        for query in 0..len {
+            for key in 0..=query {
+                if key < length || key == query {
+                    bias[(row * len + query) * len + key] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [lengths.len(), 1, len, len]), device)
+}
+
+fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let mean_square = x.clone().powf_scalar(2.0).mean_dim(1);
+    x * (mean_square + eps).sqrt().recip() * weight.clone().unsqueeze::<2>()
+}
+
+/// `cos` and `sin` of every position's rotation angles, `[max_positions, head_dim / 2]`.
+fn rope_tables<B: Backend>(
+    config: &LlamaConfig,
+    device: &Device<B>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = config.head_dim() / 2;
+    let positions = config.max_position_embeddings;
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for i in 0..half {
+            // Computed in f64 and rounded once, as PyTorch's f32 path nearly does.
+            let inv_freq =
+                (1.0 / config.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)) as f32;
+            let angle = p as f32 * inv_freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [positions, half]), device),
+        Tensor::from_data(TensorData::new(sin, [positions, half]), device),
+    )
+}
+
+/// Rotates `x` `[batch, heads, len, head_dim]` by angles whose `cos`/`sin` are
+/// `[batch, 1, len, head_dim / 2]`.
+fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    pairing: RopePairing,
+) -> Tensor<B, 4> {
+    let [batch, heads, len, hd] = x.dims();
+    let half = hd / 2;
+    match pairing {
+        RopePairing::Half => {
+            let first = x.clone().slice([0..batch, 0..heads, 0..len, 0..half]);
+            let second = x.slice([0..batch, 0..heads, 0..len, half..hd]);
+            Tensor::cat(
+                vec![
+                    first.clone() * cos.clone() - second.clone() * sin.clone(),
+                    second * cos.clone() + first * sin.clone(),
+                ],
+                3,
+            )
+        }
+        RopePairing::Interleaved => {
+            let pairs = x.reshape([batch, heads, len, half, 2]);
+            let even = pairs
+                .clone()
+                .slice([0..batch, 0..heads, 0..len, 0..half, 0..1])
+                .reshape([batch, heads, len, half]);
+            let odd = pairs
+                .slice([0..batch, 0..heads, 0..len, 0..half, 1..2])
+                .reshape([batch, heads, len, half]);
+            let rotated_even = even.clone() * cos.clone() - odd.clone() * sin.clone();
+            let rotated_odd = even * sin.clone() + odd * cos.clone();
+            Tensor::cat(
+                vec![
+                    rotated_even.reshape([batch, heads, len, half, 1]),
+                    rotated_odd.reshape([batch, heads, len, half, 1]),
+                ],
+                4,
+            )
+            .reshape([batch, heads, len, hd])
+        }
+    }
+}
+
+/// Reads a model's tensors back in Hugging Face naming and layout (`[out, in]`, half rope
+/// pairing), for saving.
+fn hf_tensors<B: Backend>(model: &Llama<B>) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    let read = |t: Tensor<B, 2>| -> Result<(Vec<f32>, Vec<usize>)> {
+        let shape = t.dims().to_vec();
+        let values = t
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))?;
+        Ok((values, shape))
+    };
+    let vector = |t: &Tensor<B, 1>| {
+        read(t.clone().unsqueeze::<2>()).map(|(v, _)| {
+            let len = v.len();
+            (v, vec![len])
+        })
+    };
+    // Checkpoints store [out, in]; Q and K rows go back to Hugging Face's pairing.
+    let projection = |p: &Projection<B>, heads: Option<usize>| -> Result<(Vec<f32>, Vec<usize>)> {
+        let (values, shape) = read(p.weight.clone().transpose())?;
+        match (heads, model.config.rope_pairing) {
+            (Some(heads), RopePairing::Interleaved) => Ok((
+                super::weights::permute_for_pairing(&values, heads, shape[1], true)?,
+                shape,
+            )),
+            _ => Ok((values, shape)),
+        }
+    };
+    let config = &model.config;
+    let mut out = Vec::new();
+    let mut push = |name: String, (values, shape): (Vec<f32>, Vec<usize>)| {
+        out.push((name, values, shape));
+    };
+    push(hf_names::EMBEDDING.into(), read(model.embedding.clone())?);
+    for (layer, block) in model.blocks.iter().enumerate() {
+        let n = hf_names::Layer(layer);
+        push(n.attention_norm(), vector(&block.attention_norm)?);
+        push(
+            n.q(),
+            projection(&block.q, Some(config.num_attention_heads))?,
+        );
+        push(n.k(), projection(&block.k, Some(config.kv_heads()))?);
+        push(n.v(), projection(&block.v, None)?);
+        push(n.o(), projection(&block.o, None)?);
+        push(n.mlp_norm(), vector(&block.mlp_norm)?);
+        push(n.gate(), projection(&block.gate, None)?);
+        push(n.up(), projection(&block.up, None)?);
+        push(n.down(), projection(&block.down, None)?);
+    }
+    push(hf_names::FINAL_NORM.into(), vector(&model.final_norm)?);
+    if !config.tie_word_embeddings {
+        push(hf_names::HEAD.into(), read(model.head.clone().transpose())?);
+    }
+    Ok(out)
+}
+
+impl<B: Backend> Llama<B> {
+    /// Writes the model as a Hugging Face checkpoint (`config.json` + F32 `model.safetensors`)
+    /// that transformers and slim load; a GGUF-loaded model is converted back to Hugging Face's
+    /// rope pairing.
+    pub fn save_pretrained(&self, dir: &std::path::Path) -> Result<()> {
+        let config = LlamaConfig {
+            rope_pairing: RopePairing::Half,
+            ..self.config.clone()
+        };
+        save_hf(dir, &config, &hf_tensors(self)?)
+    }
+}
