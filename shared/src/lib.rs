@@ -16,6 +16,7 @@
 //! backend is behind the interfaces.
 
 pub mod data;
+pub mod eval;
 pub mod manifest;
 pub mod markers;
 pub mod messages;

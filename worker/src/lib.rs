@@ -8,6 +8,7 @@ pub mod backend;
 pub mod encoder;
 pub mod executor;
 pub mod llm;
+pub mod recommend;
 pub mod serve;
 pub mod stages;
 pub mod weights;

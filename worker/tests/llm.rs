@@ -108,7 +108,7 @@ fn smollm2_matches_transformers_on_tokens_logits_and_greedy_text() {
 
         let logits: Vec<f32> = engine
             .model
-            .forward(&[ids.clone()])
+            .forward(std::slice::from_ref(&ids))
             .unwrap()
             .into_data()
             .to_vec()

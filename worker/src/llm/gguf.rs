@@ -305,6 +305,26 @@ impl GgufFile {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The tensor `name` as stored: its encoding, its bytes and its row-major shape.
+    pub fn raw(&self, name: &str) -> Result<(GgmlType, &[u8], Vec<usize>)> {
+        let info = self
+            .tensor_info(name)
+            .with_context(|| format!("{}: no tensor {name}", self.path.display()))?;
+        let ggml_type = GgmlType::from_id(info.ggml_type)
+            .with_context(|| format!("{}: tensor {name}", self.path.display()))?;
+        let size = ggml_type.byte_size(info.elements() as usize)?;
+        let start = self.data_start + info.offset as usize;
+        let data = self.bytes.get(start..start + size).with_context(|| {
+            format!(
+                "{}: tensor {name}: its {size} bytes at offset {start} run past the end of the \
+                 file ({} bytes)",
+                self.path.display(),
+                self.bytes.len()
+            )
+        })?;
+        Ok((ggml_type, data, info.shape()))
+    }
+
     /// The tensor `name` dequantized to `f32`, with its row-major shape.
     pub fn dequantize(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let info = self

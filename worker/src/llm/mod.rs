@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod cpu_matvec;
 pub mod generate;
 pub mod gguf;
 pub mod model;

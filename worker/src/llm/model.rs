@@ -7,20 +7,35 @@
 //! travel as `[rows, hidden]` (rows = batch x positions) and are reshaped only for attention.
 
 use super::config::{LlamaConfig, RopePairing};
-use super::weights::{WeightSource, hf_names, save_hf};
+use super::cpu_matvec::QuantMatrix;
+use super::weights::{NamedTensor, WeightSource, hf_names, save_hf};
 use anyhow::{Result, ensure};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::sync::Arc;
 
-/// A projection, `[in, out]`.
+/// Decode steps with at most this many rows use the block kernels on CPU; longer inputs
+/// (prefill, training) are compute-bound and go to Burn's matmul.
+const BLOCK_KERNEL_ROWS: usize = 32;
+
+/// A projection, `[in, out]`, with the checkpoint's quantized blocks when the CPU kernels can
+/// read them.
 #[derive(Clone)]
 pub(crate) struct Projection<B: Backend> {
     pub(crate) weight: Tensor<B, 2>,
+    pub(crate) blocks: Option<Arc<QuantMatrix>>,
 }
 
 impl<B: Backend> Projection<B> {
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn forward(&self, x: Tensor<B, 2>, block_kernels: bool) -> Tensor<B, 2> {
+        if block_kernels && let Some(blocks) = &self.blocks {
+            let [rows, _] = x.dims();
+            let device = x.device();
+            let values: Vec<f32> = x.into_data().to_vec().expect("activations are f32");
+            let out = blocks.matmul_transposed(&values, rows);
+            return Tensor::from_data(TensorData::new(out, [rows, blocks.rows()]), &device);
+        }
         x.matmul(self.weight.clone())
     }
 }
@@ -70,7 +85,9 @@ pub struct Llama<B: Backend> {
     pub(crate) blocks: Vec<Block<B>>,
     pub(crate) final_norm: Tensor<B, 1>,
     /// `[hidden, vocab]`; the transposed embedding when tied.
-    pub(crate) head: Tensor<B, 2>,
+    pub(crate) head: Projection<B>,
+    /// Whether decode steps may use the CPU block kernels (the CPU backend, no autodiff).
+    block_kernels: bool,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
     device: Device<B>,
@@ -118,10 +135,25 @@ impl<B: Backend> Llama<B> {
                 device,
             ))
         };
+        let block_kernels = block_kernels_apply::<B>();
+        let quantized =
+            |name: &str, input: usize, output: usize| -> Result<Option<Arc<QuantMatrix>>> {
+                if !block_kernels {
+                    return Ok(None);
+                }
+                let Some((ggml_type, data, shape)) = source.blocks(name) else {
+                    return Ok(None);
+                };
+                if shape != [output, input] {
+                    return Ok(None);
+                }
+                Ok(QuantMatrix::from_blocks(ggml_type, data, output, input)?.map(Arc::new))
+            };
         // Checkpoints store [out, in].
         let projection = |name: &str, input: usize, output: usize| -> Result<Projection<B>> {
             Ok(Projection {
                 weight: matrix(name, output, input)?.transpose(),
+                blocks: quantized(name, input, output)?,
             })
         };
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -141,9 +173,12 @@ impl<B: Backend> Llama<B> {
         }
         let embedding = matrix(hf_names::EMBEDDING, config.vocab_size, h)?;
         let head = if config.tie_word_embeddings || !source.contains(hf_names::HEAD) {
-            embedding.clone().transpose()
+            Projection {
+                weight: embedding.clone().transpose(),
+                blocks: quantized(hf_names::EMBEDDING, h, config.vocab_size)?,
+            }
         } else {
-            matrix(hf_names::HEAD, config.vocab_size, h)?.transpose()
+            projection(hf_names::HEAD, h, config.vocab_size)?
         };
         let (cos, sin) = rope_tables(&config, device);
         Ok(Self {
@@ -151,6 +186,7 @@ impl<B: Backend> Llama<B> {
             embedding,
             blocks,
             head,
+            block_kernels,
             cos,
             sin,
             device: device.clone(),
@@ -195,14 +231,15 @@ impl<B: Backend> Llama<B> {
             .reshape([batch, 1, len, hd / 2]);
         let scale = 1.0 / (hd as f64).sqrt();
         let pairing = self.config.rope_pairing;
+        let fast = self.block_kernels && rows <= BLOCK_KERNEL_ROWS;
 
         for (block, cached) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let normed = rms_norm(x.clone(), &block.attention_norm, eps);
             let heads_of =
                 |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
-            let q = heads_of(block.q.forward(normed.clone()), heads);
-            let k = heads_of(block.k.forward(normed.clone()), kv_heads);
-            let v = heads_of(block.v.forward(normed), kv_heads);
+            let q = heads_of(block.q.forward(normed.clone(), fast), heads);
+            let k = heads_of(block.k.forward(normed.clone(), fast), kv_heads);
+            let v = heads_of(block.v.forward(normed, fast), kv_heads);
             let q = apply_rope(q, &cos, &sin, pairing);
             let k = apply_rope(k, &cos, &sin, pairing);
             let (k, v) = match cached.take() {
@@ -228,18 +265,21 @@ impl<B: Backend> Llama<B> {
                 .reshape([batch, heads, len, hd])
                 .swap_dims(1, 2)
                 .reshape([rows, heads * hd]);
-            x = x + block.o.forward(attended);
+            x = x + block.o.forward(attended, fast);
 
             let normed = rms_norm(x.clone(), &block.mlp_norm, eps);
-            let gated = silu(block.gate.forward(normed.clone())) * block.up.forward(normed);
-            x = x + block.down.forward(gated);
+            let gated =
+                silu(block.gate.forward(normed.clone(), fast)) * block.up.forward(normed, fast);
+            x = x + block.down.forward(gated, fast);
         }
         rms_norm(x, &self.final_norm, eps).reshape([rows, h])
     }
 
     /// Vocabulary logits `[rows, vocab]` for hidden states `[rows, hidden]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        hidden.matmul(self.head.clone())
+        let rows = hidden.dims()[0];
+        self.head
+            .forward(hidden, self.block_kernels && rows <= BLOCK_KERNEL_ROWS)
     }
 
     /// Logits `[batch, len, vocab]` of right-padded sequences in one pass without a cache
@@ -279,6 +319,19 @@ impl<B: Backend> Llama<B> {
             self.config.vocab_size
         );
         Ok(())
+    }
+}
+
+/// The block kernels run on the CPU backend only; under autodiff or on a GPU every projection
+/// stays a Burn matmul.
+fn block_kernels_apply<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
     }
 }
 
@@ -378,7 +431,7 @@ fn apply_rope<B: Backend>(
 
 /// Reads a model's tensors back in Hugging Face naming and layout (`[out, in]`, half rope
 /// pairing), for saving.
-fn hf_tensors<B: Backend>(model: &Llama<B>) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+fn hf_tensors<B: Backend>(model: &Llama<B>) -> Result<Vec<NamedTensor>> {
     let read = |t: Tensor<B, 2>| -> Result<(Vec<f32>, Vec<usize>)> {
         let shape = t.dims().to_vec();
         let values = t
@@ -427,7 +480,10 @@ fn hf_tensors<B: Backend>(model: &Llama<B>) -> Result<Vec<(String, Vec<f32>, Vec
     }
     push(hf_names::FINAL_NORM.into(), vector(&model.final_norm)?);
     if !config.tie_word_embeddings {
-        push(hf_names::HEAD.into(), read(model.head.clone().transpose())?);
+        push(
+            hf_names::HEAD.into(),
+            read(model.head.weight.clone().transpose())?,
+        );
     }
     Ok(out)
 }

@@ -113,7 +113,7 @@ fn cached_greedy_decoding_matches_full_forward_passes() {
         max_new_tokens: 8,
         ..Sampling::default()
     };
-    let generated = generate_batch(&model, &[prompt.clone()], &sampling, &[])
+    let generated = generate_batch(&model, std::slice::from_ref(&prompt), &sampling, &[])
         .unwrap()
         .remove(0);
     assert_eq!(generated.finish_reason, FinishReason::Length);

@@ -3,6 +3,7 @@
 
 use super::config::{LlamaConfig, RopePairing};
 use super::gguf::GgufFile;
+use super::quant::GgmlType;
 use anyhow::{Context, Result, bail, ensure};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +52,9 @@ pub mod hf_names {
     }
 }
 
+/// A tensor by name: values (row-major) and shape.
+pub type NamedTensor = (String, Vec<f32>, Vec<usize>);
+
 /// Named `f32` tensors in Hugging Face naming and layout.
 pub trait WeightSource {
     /// Values (row-major) and shape of `name`.
@@ -58,6 +62,10 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// The checkpoint, for error messages.
     fn describe(&self) -> String;
+    /// The tensor in its ggml block encoding, when the checkpoint stores it quantized.
+    fn blocks(&self, _name: &str) -> Option<(GgmlType, &[u8], Vec<usize>)> {
+        None
+    }
 }
 
 /// GGUF `llama` tensor names mapped to Hugging Face names.
@@ -100,6 +108,10 @@ impl WeightSource for GgufFile {
 
     fn describe(&self) -> String {
         self.path().display().to_string()
+    }
+
+    fn blocks(&self, name: &str) -> Option<(GgmlType, &[u8], Vec<usize>)> {
+        self.raw(&gguf_name(name)?).ok()
     }
 }
 
@@ -189,11 +201,7 @@ impl WeightSource for SafetensorsDir {
 
 /// Writes `config` (as `config.json`) and `tensors` (as one F32 `model.safetensors`) into `dir`
 /// in Hugging Face layout; Q and K must use half pairing (Hugging Face's).
-pub fn save_hf(
-    dir: &Path,
-    config: &LlamaConfig,
-    tensors: &[(String, Vec<f32>, Vec<usize>)],
-) -> Result<()> {
+pub fn save_hf(dir: &Path, config: &LlamaConfig, tensors: &[NamedTensor]) -> Result<()> {
     if config.rope_pairing != RopePairing::Half {
         bail!("saving in Hugging Face layout needs half rope pairing; convert the model first");
     }

@@ -1,0 +1,30 @@
+//! Sequential recommenders on Burn and their training (stage 3 of SLIM.md).
+//!
+//! - [`data`]: users and items from the prepare stage's Parquet, padded batches.
+//! - [`item`]: item representations (ID, ID + text); SLIM's fusion variants go here.
+//! - [`sasrec`], [`gru4rec`]: the sequence backbones.
+//! - [`model`]: a backbone plus item vectors, scoring and the loss.
+//! - [`popularity`]: the popularity baseline.
+//! - [`train`]: the training loop with early stopping on validation NDCG@10.
+//!
+//! Evaluation (candidates, metrics, aggregation) is model-free and lives in
+//! [`slim_shared::eval`]; this module never reads or writes the job store itself.
+
+pub mod data;
+pub mod gru4rec;
+pub mod item;
+pub mod model;
+pub mod popularity;
+pub mod sasrec;
+pub mod train;
+
+pub use data::Interactions;
+pub use item::{ItemRepresentation, TextTable};
+pub use model::{BackboneConfig, ModelConfig, Recommender};
+pub use popularity::evaluate_popularity;
+pub use train::{
+    TrainConfig, TrainReport, eval_candidates, evaluate, train, write_reference_inputs,
+};
+
+/// The backend recommenders train on: the build's backend with autodiff.
+pub type TrainBackend = burn::backend::Autodiff<crate::backend::Backend>;

@@ -1,0 +1,191 @@
+//! SASRec (Kang & McAuley, ICDM 2018): causal self-attention over the item sequence.
+//!
+//! Laid out like the widely used PyTorch port (pmixer/SASRec.pytorch): item vectors scaled by
+//! `sqrt(hidden)` plus learned absolute positions, embedding dropout, then `blocks` blocks of
+//! `q = LN(x); x = q + MHA(q, x, x); x = FFN(LN(x)) + LN(x)`, padded positions zeroed after
+//! every block, and a final layer norm. Unlike that port, attention also masks padded keys,
+//! so a user's encoding does not depend on how much padding its batch has.
+
+use super::data::SeqBatch;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::Bool;
+use burn::tensor::activation::{relu, softmax};
+use serde::{Deserialize, Serialize};
+
+/// SASRec's hyper-parameters (the item vector width is the model's `hidden`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SasRecConfig {
+    /// Self-attention blocks.
+    pub blocks: usize,
+    /// Attention heads (must divide `hidden`).
+    pub heads: usize,
+    /// Dropout on embeddings, attention weights and the feed-forward layers.
+    pub dropout: f64,
+}
+
+impl Default for SasRecConfig {
+    fn default() -> Self {
+        Self {
+            blocks: 2,
+            heads: 1,
+            dropout: 0.2,
+        }
+    }
+}
+
+/// Multi-head attention with dropout on the attention weights (as `torch.nn.MultiheadAttention`).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    query: Linear<B>,
+    key: Linear<B>,
+    value: Linear<B>,
+    output: Linear<B>,
+    dropout: Dropout,
+    heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn new(hidden: usize, heads: usize, dropout: f64, device: &B::Device) -> Self {
+        let linear = || {
+            LinearConfig::new(hidden, hidden)
+                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+                .init(device)
+        };
+        Self {
+            query: linear(),
+            key: linear(),
+            value: linear(),
+            output: linear(),
+            dropout: DropoutConfig::new(dropout).init(),
+            heads,
+        }
+    }
+
+    /// `queries` attend to `keys` (also the values); `mask` `[batch, 1, len, len]` is true
+    /// where attention is forbidden.
+    fn forward(
+        &self,
+        queries: Tensor<B, 3>,
+        keys: Tensor<B, 3>,
+        mask: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let [batch, len, hidden] = queries.dims();
+        let d_head = hidden / self.heads;
+        let split = |x: Tensor<B, 3>| x.reshape([batch, len, self.heads, d_head]).swap_dims(1, 2);
+        let q = split(self.query.forward(queries));
+        let k = split(self.key.forward(keys.clone()));
+        let v = split(self.value.forward(keys));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((d_head as f32).sqrt())
+            .mask_fill(mask.expand([batch, self.heads, len, len]), -1e9);
+        let weights = self.dropout.forward(softmax(scores, 3));
+        let context = weights
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, len, hidden]);
+        self.output.forward(context)
+    }
+}
+
+/// One self-attention block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    attention_norm: LayerNorm<B>,
+    attention: Attention<B>,
+    forward_norm: LayerNorm<B>,
+    ffn_in: Linear<B>,
+    ffn_out: Linear<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> Block<B> {
+    fn new(hidden: usize, config: &SasRecConfig, device: &B::Device) -> Self {
+        let norm = || LayerNormConfig::new(hidden).with_epsilon(1e-8).init(device);
+        let linear = || LinearConfig::new(hidden, hidden).init(device);
+        Self {
+            attention_norm: norm(),
+            attention: Attention::new(hidden, config.heads, config.dropout, device),
+            forward_norm: norm(),
+            ffn_in: linear(),
+            ffn_out: linear(),
+            dropout: DropoutConfig::new(config.dropout).init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let q = self.attention_norm.forward(x.clone());
+        let x = q.clone() + self.attention.forward(q, x, mask);
+        let x = self.forward_norm.forward(x);
+        let h = relu(self.dropout.forward(self.ffn_in.forward(x.clone())));
+        x + self.dropout.forward(self.ffn_out.forward(h))
+    }
+}
+
+/// The SASRec sequence encoder (item vectors come from the caller).
+#[derive(Module, Debug)]
+pub struct SasRec<B: Backend> {
+    positions: Embedding<B>,
+    dropout: Dropout,
+    blocks: Vec<Block<B>>,
+    last_norm: LayerNorm<B>,
+    hidden: usize,
+}
+
+impl<B: Backend> SasRec<B> {
+    /// `config.heads` must divide `hidden` (checked by [`super::Recommender::new`]).
+    pub(crate) fn new(
+        config: &SasRecConfig,
+        hidden: usize,
+        max_len: usize,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            positions: EmbeddingConfig::new(max_len, hidden)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            blocks: (0..config.blocks)
+                .map(|_| Block::new(hidden, config, device))
+                .collect(),
+            last_norm: LayerNormConfig::new(hidden).with_epsilon(1e-8).init(device),
+            hidden,
+        }
+    }
+
+    /// Hidden states `[batch, len, hidden]` from item vectors `[batch, len, hidden]`.
+    pub fn forward(&self, items: Tensor<B, 3>, input: &SeqBatch<B>) -> Tensor<B, 3> {
+        let [batch, len, _] = items.dims();
+        let device = items.device();
+        let keep = input
+            .padding
+            .clone()
+            .bool_not()
+            .float()
+            .unsqueeze_dim::<3>(2);
+        let x = items.mul_scalar((self.hidden as f32).sqrt())
+            + self.positions.forward(input.positions.clone());
+        let mut x = self.dropout.forward(x) * keep.clone();
+        // Forbidden: future keys (causal) and padded keys.
+        let causal = Tensor::<B, 2, Bool>::tril_mask([len, len], 0, &device)
+            .unsqueeze::<4>()
+            .expand([batch, 1, len, len]);
+        let padded = input
+            .padding
+            .clone()
+            .reshape([batch, 1, 1, len])
+            .expand([batch, 1, len, len]);
+        let mask = causal.bool_or(padded);
+        for block in &self.blocks {
+            x = block.forward(x, mask.clone()) * keep.clone();
+        }
+        self.last_norm.forward(x)
+    }
+}
