@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: demo test lint fmt garage garage-stop models bench-ingest bench-runtime bench-encode check-cuda python-deps
+.PHONY: demo test lint fmt garage garage-stop models bench-ingest bench-runtime bench-encode bench-generate check-cuda python-deps
 
 ## Run the demo job on the bundled Video Games sample (in-process, no servers).
 demo: models
@@ -52,6 +52,13 @@ bench-encode: models
 	$(CARGO) build --release
 	./target/release/slim bench encode --limit 4000
 	$(PYTHON) benches/encode_peer.py --limit 4000 --threads $$(nproc)
+
+## LLM prefill/decode tokens/s at batch 1 and 16 next to llama.cpp on the same GGUF (the peer
+## needs `pip install llama-cpp-python`, which builds llama.cpp from source).
+bench-generate: models
+	$(CARGO) build --release
+	./target/release/slim bench generate --batches 1,16 --json benches/results/generate-slim.json
+	$(PYTHON) benches/generate_peer.py --threads $$(nproc) --json benches/results/generate-llamacpp.json
 
 ## The GPU build compiles here without CUDA installed.
 check-cuda:

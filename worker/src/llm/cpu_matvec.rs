@@ -99,10 +99,10 @@ impl QuantMatrix {
             .par_chunks_mut(ROWS_PER_TASK * n)
             .enumerate()
             .for_each(|(task, out)| {
-                let mut accumulators = vec![[0f32; 8]; n];
+                let mut weights = vec![0f32; self.cols];
                 for (local, out_row) in out.chunks_exact_mut(n).enumerate() {
                     let row = task * ROWS_PER_TASK + local;
-                    kernels::row_dots(self, row, x, &mut accumulators, out_row);
+                    kernels::row_dots(self, row, x, &mut weights, out_row);
                 }
             });
         let mut out = vec![0f32; n * self.rows];
@@ -150,46 +150,44 @@ impl QuantMatrix {
 mod kernels {
     use super::{BLOCK, QuantMatrix};
 
-    /// Dot products of weight row `row` with each of the `out.len()` rows of `x`: each block is
-    /// dequantized once and used for every input row, with eight-lane accumulators.
+    /// Dot products of weight row `row` with each of the `out.len()` rows of `x`: the row is
+    /// dequantized once into `weights`, then each dot product runs in four eight-lane
+    /// accumulators that stay in registers.
     #[inline(always)]
-    fn row_dots_generic(
+    fn row_dots_generic<const FMA: bool>(
         m: &QuantMatrix,
         row: usize,
         x: &[f32],
-        acc: &mut [[f32; 8]],
+        weights: &mut [f32],
         out: &mut [f32],
     ) {
         let blocks = m.cols / BLOCK;
-        for lanes in acc.iter_mut() {
-            *lanes = [0.0; 8];
+        for (b, chunk) in weights.chunks_exact_mut(BLOCK).enumerate() {
+            chunk.copy_from_slice(&m.dequantize_block(row * blocks + b));
         }
-        for b in 0..blocks {
-            let w = m.dequantize_block(row * blocks + b);
-            for (i, lanes) in acc.iter_mut().enumerate() {
-                let xb: &[f32; BLOCK] = x[i * m.cols + b * BLOCK..][..BLOCK].try_into().unwrap();
-                for chunk in 0..BLOCK / 8 {
-                    for lane in 0..8 {
-                        lanes[lane] += w[chunk * 8 + lane] * xb[chunk * 8 + lane];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let x_row = &x[i * m.cols..(i + 1) * m.cols];
+            let mut acc = [[0f32; 8]; 4];
+            for (w, xb) in weights.chunks_exact(BLOCK).zip(x_row.chunks_exact(BLOCK)) {
+                for (c, lanes) in acc.iter_mut().enumerate() {
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        let (a, b) = (w[c * 8 + l], xb[c * 8 + l]);
+                        *lane = if FMA {
+                            a.mul_add(b, *lane)
+                        } else {
+                            a * b + *lane
+                        };
                     }
                 }
             }
-        }
-        for (slot, lanes) in out.iter_mut().zip(acc.iter()) {
-            *slot = lanes.iter().sum();
+            *slot = acc.iter().flatten().sum();
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn row_dots_avx2(
-        m: &QuantMatrix,
-        row: usize,
-        x: &[f32],
-        acc: &mut [[f32; 8]],
-        out: &mut [f32],
-    ) {
-        row_dots_generic(m, row, x, acc, out)
+    fn row_dots_avx2(m: &QuantMatrix, row: usize, x: &[f32], weights: &mut [f32], out: &mut [f32]) {
+        row_dots_generic::<true>(m, row, x, weights, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -199,13 +197,14 @@ mod kernels {
         *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
-    pub fn row_dots(m: &QuantMatrix, row: usize, x: &[f32], acc: &mut [[f32; 8]], out: &mut [f32]) {
+    pub fn row_dots(m: &QuantMatrix, row: usize, x: &[f32], weights: &mut [f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { row_dots_avx2(m, row, x, acc, out) };
+            return unsafe { row_dots_avx2(m, row, x, weights, out) };
         }
-        row_dots_generic(m, row, x, acc, out)
+        // Without hardware FMA, `mul_add` would be a slow library call.
+        row_dots_generic::<false>(m, row, x, weights, out)
     }
 }
 

@@ -88,8 +88,7 @@ pub struct Llama<B: Backend> {
     pub(crate) head: Projection<B>,
     /// Whether decode steps may use the CPU block kernels (the CPU backend, no autodiff).
     block_kernels: bool,
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    rope: Rope<B, 2>,
     device: Device<B>,
 }
 
@@ -180,15 +179,14 @@ impl<B: Backend> Llama<B> {
         } else {
             projection(hf_names::HEAD, h, config.vocab_size)?
         };
-        let (cos, sin) = rope_tables(&config, device);
+        let rope = Rope::tables(&config, device);
         Ok(Self {
             final_norm: vector(hf_names::FINAL_NORM, h)?,
             embedding,
             blocks,
             head,
             block_kernels,
-            cos,
-            sin,
+            rope,
             device: device.clone(),
             config,
         })
@@ -219,29 +217,38 @@ impl<B: Backend> Llama<B> {
             .clone()
             .select(0, input.tokens.reshape([rows]));
         let positions = input.positions.reshape([rows]);
-        let cos = self
-            .cos
-            .clone()
-            .select(0, positions.clone())
-            .reshape([batch, 1, len, hd / 2]);
-        let sin = self
-            .sin
-            .clone()
-            .select(0, positions)
-            .reshape([batch, 1, len, hd / 2]);
+        let rope = Rope {
+            cos: self
+                .rope
+                .cos
+                .clone()
+                .select(0, positions.clone())
+                .reshape([rows, 1, hd]),
+            sin: self
+                .rope
+                .sin
+                .clone()
+                .select(0, positions)
+                .reshape([rows, 1, hd]),
+            rotation: self.rope.rotation.clone(),
+        };
         let scale = 1.0 / (hd as f64).sqrt();
-        let pairing = self.config.rope_pairing;
         let fast = self.block_kernels && rows <= BLOCK_KERNEL_ROWS;
 
         for (block, cached) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let normed = rms_norm(x.clone(), &block.attention_norm, eps);
             let heads_of =
-                |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
-            let q = heads_of(block.q.forward(normed.clone(), fast), heads);
-            let k = heads_of(block.k.forward(normed.clone(), fast), kv_heads);
-            let v = heads_of(block.v.forward(normed, fast), kv_heads);
-            let q = apply_rope(q, &cos, &sin, pairing);
-            let k = apply_rope(k, &cos, &sin, pairing);
+                |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
+            let split = |t: Tensor<B, 2>, n: usize| t.reshape([rows, n, hd]);
+            let q = heads_of(
+                rope.apply(split(block.q.forward(normed.clone(), fast), heads)),
+                heads,
+            );
+            let k = heads_of(
+                rope.apply(split(block.k.forward(normed.clone(), fast), kv_heads)),
+                kv_heads,
+            );
+            let v = heads_of(split(block.v.forward(normed, fast), kv_heads), kv_heads);
             let (k, v) = match cached.take() {
                 Some((past_k, past_v)) => (
                     Tensor::cat(vec![past_k, k], 2),
@@ -359,73 +366,68 @@ fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Ten
     x * (mean_square + eps).sqrt().recip() * weight.clone().unsqueeze::<2>()
 }
 
-/// `cos` and `sin` of every position's rotation angles, `[max_positions, head_dim / 2]`.
-fn rope_tables<B: Backend>(
-    config: &LlamaConfig,
-    device: &Device<B>,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let half = config.head_dim() / 2;
-    let positions = config.max_position_embeddings;
-    let mut cos = Vec::with_capacity(positions * half);
-    let mut sin = Vec::with_capacity(positions * half);
-    for p in 0..positions {
-        for i in 0..half {
-            // Computed in f64 and rounded once, as PyTorch's f32 path nearly does.
-            let inv_freq =
-                (1.0 / config.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)) as f32;
-            let angle = p as f32 * inv_freq;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(cos, [positions, half]), device),
-        Tensor::from_data(TensorData::new(sin, [positions, half]), device),
-    )
+/// Rotary embeddings as `x * cos + (x @ rotation) * sin`: `rotation` is the signed permutation
+/// that pairs dimensions (Hugging Face's halves or Meta's neighbours) and `cos`/`sin` repeat each
+/// pair's angle on both its dimensions. One formula, four tensor operations, for both pairings;
+/// exact, since `rotation` has one ±1 per column.
+#[derive(Clone)]
+struct Rope<B: Backend, const D: usize> {
+    /// `[max_positions, head_dim]` in the model; `[rows, 1, head_dim]` gathered for a step.
+    cos: Tensor<B, D>,
+    sin: Tensor<B, D>,
+    /// `[head_dim, head_dim]`
+    rotation: Tensor<B, 2>,
 }
 
-/// Rotates `x` `[batch, heads, len, head_dim]` by angles whose `cos`/`sin` are
-/// `[batch, 1, len, head_dim / 2]`.
-fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-    pairing: RopePairing,
-) -> Tensor<B, 4> {
-    let [batch, heads, len, hd] = x.dims();
-    let half = hd / 2;
-    match pairing {
-        RopePairing::Half => {
-            let first = x.clone().slice([0..batch, 0..heads, 0..len, 0..half]);
-            let second = x.slice([0..batch, 0..heads, 0..len, half..hd]);
-            Tensor::cat(
-                vec![
-                    first.clone() * cos.clone() - second.clone() * sin.clone(),
-                    second * cos.clone() + first * sin.clone(),
-                ],
-                3,
-            )
+impl<B: Backend> Rope<B, 2> {
+    fn tables(config: &LlamaConfig, device: &Device<B>) -> Self {
+        let hd = config.head_dim();
+        let half = hd / 2;
+        let positions = config.max_position_embeddings;
+        // Pair p holds dimensions (first(p), second(p)); second = first rotated by +90 degrees.
+        let pair_of = |p: usize| match config.rope_pairing {
+            RopePairing::Half => (p, p + half),
+            RopePairing::Interleaved => (2 * p, 2 * p + 1),
+        };
+        let mut cos = vec![0f32; positions * hd];
+        let mut sin = vec![0f32; positions * hd];
+        for position in 0..positions {
+            for p in 0..half {
+                // Computed in f64 and rounded once, as PyTorch's f32 path nearly does.
+                let inv_freq = (1.0 / config.rope_theta.powf(2.0 * p as f64 / hd as f64)) as f32;
+                let angle = position as f32 * inv_freq;
+                let (a, b) = pair_of(p);
+                for d in [a, b] {
+                    cos[position * hd + d] = angle.cos();
+                    sin[position * hd + d] = angle.sin();
+                }
+            }
         }
-        RopePairing::Interleaved => {
-            let pairs = x.reshape([batch, heads, len, half, 2]);
-            let even = pairs
-                .clone()
-                .slice([0..batch, 0..heads, 0..len, 0..half, 0..1])
-                .reshape([batch, heads, len, half]);
-            let odd = pairs
-                .slice([0..batch, 0..heads, 0..len, 0..half, 1..2])
-                .reshape([batch, heads, len, half]);
-            let rotated_even = even.clone() * cos.clone() - odd.clone() * sin.clone();
-            let rotated_odd = even * sin.clone() + odd * cos.clone();
-            Tensor::cat(
-                vec![
-                    rotated_even.reshape([batch, heads, len, half, 1]),
-                    rotated_odd.reshape([batch, heads, len, half, 1]),
-                ],
-                4,
-            )
-            .reshape([batch, heads, len, hd])
+        // (x @ rotation)[a] = -x[b], (x @ rotation)[b] = x[a].
+        let mut rotation = vec![0f32; hd * hd];
+        for p in 0..half {
+            let (a, b) = pair_of(p);
+            rotation[b * hd + a] = -1.0;
+            rotation[a * hd + b] = 1.0;
         }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [positions, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [positions, hd]), device),
+            rotation: Tensor::from_data(TensorData::new(rotation, [hd, hd]), device),
+        }
+    }
+}
+
+impl<B: Backend> Rope<B, 3> {
+    /// Rotates `x` `[rows, heads, head_dim]` (one position per row).
+    fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [rows, heads, hd] = x.dims();
+        let rotated = x
+            .clone()
+            .reshape([rows * heads, hd])
+            .matmul(self.rotation.clone())
+            .reshape([rows, heads, hd]);
+        x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
 
