@@ -8,6 +8,7 @@ pub mod config;
 pub mod cpu_matvec;
 pub mod generate;
 pub mod gguf;
+pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;

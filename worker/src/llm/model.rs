@@ -8,6 +8,7 @@
 
 use super::config::{LlamaConfig, RopePairing};
 use super::cpu_matvec::QuantMatrix;
+use super::lora::{LoraAdapters, Target};
 use super::weights::{NamedTensor, WeightSource, hf_names, save_hf};
 use anyhow::{Result, ensure};
 use burn::tensor::activation::{silu, softmax};
@@ -203,6 +204,17 @@ impl<B: Backend> Llama<B> {
     /// Runs `input` through the decoder, extending `cache`; returns the final-normed hidden
     /// states `[batch * len, hidden]`.
     pub fn step(&self, input: StepInput<B>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+        self.step_adapted(input, cache, None)
+    }
+
+    /// [`Llama::step`] with LoRA `adapters` added to their projections (unmerged: the base
+    /// weights stay as they are, and under autodiff only the adapters get gradients).
+    pub fn step_adapted(
+        &self,
+        input: StepInput<B>,
+        cache: &mut KvCache<B>,
+        adapters: Option<&LoraAdapters<B>>,
+    ) -> Tensor<B, 2> {
         let [batch, len] = input.tokens.dims();
         let rows = batch * len;
         let h = self.config.hidden_size;
@@ -235,20 +247,38 @@ impl<B: Backend> Llama<B> {
         let scale = 1.0 / (hd as f64).sqrt();
         let fast = self.block_kernels && rows <= BLOCK_KERNEL_ROWS;
 
-        for (block, cached) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (layer, (block, cached)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
+            let adapters = adapters.map(|a| (&a.layers[layer], a.scale));
+            // The base projection plus the target's adapter, when there is one.
+            let project =
+                |projection: &Projection<B>, target: Target, x: Tensor<B, 2>| match adapters
+                    .and_then(|(layer, scale)| layer.get(target).map(|p| (p, scale)))
+                {
+                    Some((pair, scale)) => {
+                        projection.forward(x.clone(), fast) + pair.delta(x, scale)
+                    }
+                    None => projection.forward(x, fast),
+                };
             let normed = rms_norm(x.clone(), &block.attention_norm, eps);
             let heads_of =
                 |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
             let split = |t: Tensor<B, 2>, n: usize| t.reshape([rows, n, hd]);
             let q = heads_of(
-                rope.apply(split(block.q.forward(normed.clone(), fast), heads)),
+                rope.apply(split(project(&block.q, Target::Q, normed.clone()), heads)),
                 heads,
             );
             let k = heads_of(
-                rope.apply(split(block.k.forward(normed.clone(), fast), kv_heads)),
+                rope.apply(split(
+                    project(&block.k, Target::K, normed.clone()),
+                    kv_heads,
+                )),
                 kv_heads,
             );
-            let v = heads_of(split(block.v.forward(normed, fast), kv_heads), kv_heads);
+            let v = heads_of(
+                split(project(&block.v, Target::V, normed), kv_heads),
+                kv_heads,
+            );
             let (k, v) = match cached.take() {
                 Some((past_k, past_v)) => (
                     Tensor::cat(vec![past_k, k], 2),
@@ -272,12 +302,12 @@ impl<B: Backend> Llama<B> {
                 .reshape([batch, heads, len, hd])
                 .swap_dims(1, 2)
                 .reshape([rows, heads * hd]);
-            x = x + block.o.forward(attended, fast);
+            x = x + project(&block.o, Target::O, attended);
 
             let normed = rms_norm(x.clone(), &block.mlp_norm, eps);
-            let gated =
-                silu(block.gate.forward(normed.clone(), fast)) * block.up.forward(normed, fast);
-            x = x + block.down.forward(gated, fast);
+            let gated = silu(project(&block.gate, Target::Gate, normed.clone()))
+                * project(&block.up, Target::Up, normed);
+            x = x + project(&block.down, Target::Down, gated);
         }
         rms_norm(x, &self.final_norm, eps).reshape([rows, h])
     }
@@ -292,6 +322,15 @@ impl<B: Backend> Llama<B> {
     /// Logits `[batch, len, vocab]` of right-padded sequences in one pass without a cache
     /// (scoring and training); padding positions attend only to themselves and are garbage.
     pub fn forward(&self, sequences: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
+        self.forward_adapted(sequences, None)
+    }
+
+    /// [`Llama::forward`] with LoRA adapters (training, and checking merges).
+    pub fn forward_adapted(
+        &self,
+        sequences: &[Vec<u32>],
+        adapters: Option<&LoraAdapters<B>>,
+    ) -> Result<Tensor<B, 3>> {
         let batch = sequences.len();
         let len = sequences.iter().map(Vec::len).max().unwrap_or(0);
         ensure!(
@@ -312,10 +351,41 @@ impl<B: Backend> Llama<B> {
             positions: Tensor::from_data(TensorData::new(positions, [batch, len]), &self.device),
             mask_bias: mask,
         };
-        let hidden = self.step(input, &mut self.new_cache());
+        let hidden = self.step_adapted(input, &mut self.new_cache(), adapters);
         Ok(self
             .logits(hidden)
             .reshape([batch, len, self.config.vocab_size]))
+    }
+
+    /// Adds `adapters` into the base weights for inference at base-model speed. The merged
+    /// projections lose their quantized blocks (they no longer hold the merged values).
+    pub fn merge(&mut self, adapters: &LoraAdapters<B>) -> Result<()> {
+        ensure!(
+            adapters.layers.len() == self.blocks.len(),
+            "adapters for {} layers do not fit a model of {}",
+            adapters.layers.len(),
+            self.blocks.len()
+        );
+        for (block, layer) in self.blocks.iter_mut().zip(&adapters.layers) {
+            for target in Target::ALL {
+                let Some(pair) = layer.get(target) else {
+                    continue;
+                };
+                let projection = match target {
+                    Target::Q => &mut block.q,
+                    Target::K => &mut block.k,
+                    Target::V => &mut block.v,
+                    Target::O => &mut block.o,
+                    Target::Gate => &mut block.gate,
+                    Target::Up => &mut block.up,
+                    Target::Down => &mut block.down,
+                };
+                let update = pair.a.val().matmul(pair.b.val()).mul_scalar(adapters.scale);
+                projection.weight = projection.weight.clone() + update;
+                projection.blocks = None;
+            }
+        }
+        Ok(())
     }
 
     /// Checks a token id against the vocabulary.

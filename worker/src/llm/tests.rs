@@ -258,3 +258,226 @@ fn unsupported_checkpoints_get_clear_errors() {
         .to_string();
     assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
 }
+
+mod lora {
+    use super::*;
+    use crate::llm::lora::{LoraAdapters, LoraConfig, Target};
+    use burn::backend::Autodiff;
+    use burn::module::Param;
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::tensor::{Distribution, Int, TensorData};
+
+    type Train = Autodiff<Backend>;
+
+    fn config() -> LoraConfig {
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec![Target::Q, Target::V, Target::Down],
+        }
+    }
+
+    /// Adapters with a non-zero B, so they change the output.
+    fn random_adapters<B: burn::tensor::backend::Backend>(model: &Llama<B>) -> LoraAdapters<B> {
+        B::seed(&model.device().clone(), 21);
+        let mut adapters = LoraAdapters::init(model, &config(), model.device()).unwrap();
+        for layer in &mut adapters.layers {
+            for pair in [&mut layer.q, &mut layer.v, &mut layer.down]
+                .into_iter()
+                .flatten()
+            {
+                let shape = pair.b.val().dims();
+                pair.b = Param::from_tensor(Tensor::random(
+                    shape,
+                    Distribution::Uniform(-0.3, 0.3),
+                    model.device(),
+                ));
+            }
+        }
+        adapters
+    }
+
+    #[test]
+    fn fresh_adapters_change_nothing_and_merging_equals_adding() {
+        let config = tiny_config(true);
+        let mut model = Llama::<Backend>::load(
+            config.clone(),
+            &MemoryWeights::random(&config, 2),
+            &device(),
+        )
+        .unwrap();
+        let tokens = vec![vec![1, 5, 9, 30], vec![7, 8]];
+        let base = values(model.forward(&tokens).unwrap());
+        let fresh = LoraAdapters::init(&model, &self::config(), &device()).unwrap();
+        assert_eq!(
+            values(model.forward_adapted(&tokens, Some(&fresh)).unwrap()),
+            base
+        );
+
+        let adapters = random_adapters(&model);
+        let unmerged = values(model.forward_adapted(&tokens, Some(&adapters)).unwrap());
+        assert!(
+            max_abs_diff(&unmerged, &base) > 1e-3,
+            "the adapters do nothing"
+        );
+        model.merge(&adapters).unwrap();
+        let merged = values(model.forward(&tokens).unwrap());
+        let diff = max_abs_diff(&merged, &unmerged);
+        assert!(diff < 1e-4, "merged and unmerged logits differ by {diff}");
+    }
+
+    /// Summed log-probability of fixed next tokens: a smooth scalar of the adapters.
+    fn objective<B: burn::tensor::backend::Backend>(
+        model: &Llama<B>,
+        adapters: &LoraAdapters<B>,
+    ) -> Tensor<B, 1> {
+        let tokens = vec![vec![1u32, 5, 9, 30, 2]];
+        let logits = model.forward_adapted(&tokens, Some(adapters)).unwrap();
+        let [_, len, vocab] = logits.dims();
+        let log_probs = burn::tensor::activation::log_softmax(logits.reshape([len, vocab]), 1);
+        let targets = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![5i64, 9, 30, 2, 1], [len, 1]),
+            model.device(),
+        );
+        log_probs.gather(1, targets).sum()
+    }
+
+    #[test]
+    fn adapter_gradients_agree_with_finite_differences() {
+        let config = tiny_config(false);
+        let model = Llama::<Train>::load(
+            config.clone(),
+            &MemoryWeights::random(&config, 4),
+            &device(),
+        )
+        .unwrap();
+        let adapters = random_adapters(&model);
+        let grads = objective(&model, &adapters).backward();
+        let layer = &adapters.layers[1];
+        let checks = [
+            (&layer.q.as_ref().unwrap().a, "q.A"),
+            (&layer.v.as_ref().unwrap().b, "v.B"),
+            (&layer.down.as_ref().unwrap().a, "down.A"),
+        ];
+        for (param, name) in checks {
+            let analytic: Vec<f32> = param
+                .val()
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let values: Vec<f32> = param.val().inner().into_data().to_vec().unwrap();
+            let shape = param.val().dims();
+            for index in [0, 3, values.len() / 2, values.len() - 1] {
+                let at = |delta: f32| {
+                    let mut moved = values.clone();
+                    moved[index] += delta;
+                    let mut probe = random_adapters(&model);
+                    let tensor =
+                        Tensor::<Train, 2>::from_data(TensorData::new(moved, shape), &device());
+                    let target = &mut probe.layers[1];
+                    match name {
+                        "q.A" => target.q.as_mut().unwrap().a = Param::from_tensor(tensor),
+                        "v.B" => target.v.as_mut().unwrap().b = Param::from_tensor(tensor),
+                        _ => target.down.as_mut().unwrap().a = Param::from_tensor(tensor),
+                    }
+                    objective(&model, &probe).into_scalar() as f64
+                };
+                let eps = 1e-2;
+                let numeric = (at(eps as f32) - at(-eps as f32)) / (2.0 * eps);
+                let analytic = analytic[index] as f64;
+                assert!(
+                    (numeric - analytic).abs() <= 2e-2 * analytic.abs().max(0.05),
+                    "{name}[{index}]: autodiff {analytic}, finite differences {numeric}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn training_moves_adapters_and_leaves_base_weights_bit_identical() {
+        let config = tiny_config(true);
+        let model = Llama::<Train>::load(
+            config.clone(),
+            &MemoryWeights::random(&config, 6),
+            &device(),
+        )
+        .unwrap();
+        let before: Vec<f32> = model.blocks[0]
+            .q
+            .weight
+            .clone()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let embedding_before: Vec<f32> = model.embedding.clone().into_data().to_vec().unwrap();
+        let mut adapters = random_adapters(&model);
+        let start = objective(&model, &adapters).into_scalar();
+        let mut optimizer = AdamWConfig::new().init();
+        for _ in 0..20 {
+            // Maximise the log-probability.
+            let loss = objective(&model, &adapters).neg();
+            let grads = GradientsParams::from_grads(loss.backward(), &adapters);
+            adapters = optimizer.step(1e-2, adapters, grads);
+        }
+        let end = objective(&model, &adapters).into_scalar();
+        assert!(
+            end > start + 0.5,
+            "log-probability went from {start} to {end}"
+        );
+        let after: Vec<f32> = model.blocks[0]
+            .q
+            .weight
+            .clone()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(before, after);
+        assert_eq!(
+            embedding_before,
+            model.embedding.clone().into_data().to_vec::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn peft_layout_round_trips() {
+        let config = tiny_config(true);
+        let model = Llama::<Backend>::load(
+            config.clone(),
+            &MemoryWeights::random(&config, 8),
+            &device(),
+        )
+        .unwrap();
+        let adapters = random_adapters(&model);
+        let dir = tempfile::tempdir().unwrap();
+        adapters
+            .save_peft(dir.path(), &self::config(), "tiny")
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["r"], 4);
+        assert_eq!(
+            json["target_modules"],
+            serde_json::json!(["q_proj", "v_proj", "down_proj"])
+        );
+        let (loaded, loaded_config) =
+            LoraAdapters::load_peft(dir.path(), &model, &device()).unwrap();
+        assert_eq!(loaded_config, self::config());
+        let tokens = vec![vec![3, 1, 4, 1, 5]];
+        // Equal up to summation order (the loaded matrices are transposed views).
+        let diff = max_abs_diff(
+            &values(model.forward_adapted(&tokens, Some(&adapters)).unwrap()),
+            &values(model.forward_adapted(&tokens, Some(&loaded)).unwrap()),
+        );
+        assert!(
+            diff < 1e-4,
+            "logits differ by {diff} after a PEFT round trip"
+        );
+        let err = Target::parse("qkv").unwrap_err().to_string();
+        assert!(err.contains("qkv"), "{err}");
+    }
+}
