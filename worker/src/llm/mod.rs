@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod config;
 pub mod cpu_matvec;
+pub mod finetune;
 pub mod generate;
 pub mod gguf;
 pub mod lora;

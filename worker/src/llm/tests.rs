@@ -481,3 +481,133 @@ mod lora {
         assert!(err.contains("qkv"), "{err}");
     }
 }
+
+mod finetune {
+    use super::*;
+    use crate::llm::finetune::{Example, FinetuneConfig, answer_loss, finetune, learning_rate_at};
+    use crate::llm::lora::{LoraAdapters, LoraConfig, Target};
+    use burn::backend::Autodiff;
+    use burn::tensor::ElementConversion;
+
+    type Train = Autodiff<Backend>;
+
+    fn model() -> Llama<Train> {
+        let config = tiny_config(true);
+        Llama::<Train>::load(
+            config.clone(),
+            &MemoryWeights::random(&config, 12),
+            &device(),
+        )
+        .unwrap()
+    }
+
+    fn adapters(model: &Llama<Train>) -> LoraAdapters<Train> {
+        <Train as burn::tensor::backend::Backend>::seed(&device(), 3);
+        let config = LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: Target::ALL.to_vec(),
+        };
+        LoraAdapters::init(model, &config, &device()).unwrap()
+    }
+
+    #[test]
+    fn prompt_tokens_contribute_nothing_to_the_loss() {
+        let model = model();
+        let adapters = adapters(&model);
+        let loss = |prompt: Vec<u32>| {
+            let example = Example {
+                prompt,
+                answer: vec![40, 41, 42, 2],
+            };
+            answer_loss(&model, &adapters, &[example], 64)
+                .unwrap()
+                .into_scalar()
+                .elem::<f32>()
+        };
+        // The answer's loss depends on the prompt as context...
+        let a = loss(vec![1, 5, 6, 7]);
+        let b = loss(vec![1, 9, 9, 9]);
+        assert_ne!(a, b);
+
+        // ...but the prompt's own next-token predictions are not scored: the loss equals the
+        // mean cross-entropy of the answer positions, computed by hand from the logits.
+        let tokens = vec![1u32, 5, 6, 7, 40, 41, 42, 2];
+        let logits: Vec<f32> = model
+            .forward_adapted(std::slice::from_ref(&tokens), Some(&adapters))
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let vocab = 64;
+        let mut total = 0.0f64;
+        for p in 3..7 {
+            let row = &logits[p * vocab..(p + 1) * vocab];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let log_sum = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            total += log_sum - row[tokens[p + 1] as usize] as f64;
+        }
+        let by_hand = total / 4.0;
+        assert!(
+            (a as f64 - by_hand).abs() < 1e-4,
+            "loss {a}, by hand {by_hand}"
+        );
+    }
+
+    #[test]
+    fn a_tiny_model_overfits_eight_examples() {
+        let model = model();
+        let examples: Vec<Example> = (0..8u32)
+            .map(|i| Example {
+                prompt: vec![1, 10 + i, 3],
+                answer: vec![20 + (i * 5) % 40, 30 + (i * 3) % 30, 2],
+            })
+            .collect();
+        let config = FinetuneConfig {
+            learning_rate: 2e-2,
+            epochs: 60,
+            batch_size: 4,
+            accumulation: 2,
+            warmup_steps: 5,
+            seed: 7,
+            ..FinetuneConfig::default()
+        };
+        let (trained, history) =
+            finetune(&model, adapters(&model), &examples, &examples[..2], &config).unwrap();
+        let first = history.first().unwrap().train_loss;
+        let loss = answer_loss(&model, &trained, &examples, 64)
+            .unwrap()
+            .into_scalar()
+            .elem::<f32>();
+        assert!(
+            loss < 0.1,
+            "answer loss {loss} after training (started at {first})"
+        );
+        assert_eq!(
+            history.len(),
+            60,
+            "one optimizer step per two batches of four"
+        );
+        assert!(history.last().unwrap().validation_loss.unwrap() < 0.1);
+    }
+
+    #[test]
+    fn warm_up_then_cosine_decay() {
+        let config = FinetuneConfig {
+            learning_rate: 1.0,
+            warmup_steps: 4,
+            ..FinetuneConfig::default()
+        };
+        assert_eq!(learning_rate_at(&config, 0, 14), 0.25);
+        assert_eq!(learning_rate_at(&config, 3, 14), 1.0);
+        assert_eq!(learning_rate_at(&config, 4, 14), 1.0);
+        assert!((learning_rate_at(&config, 9, 14) - 0.5).abs() < 1e-9);
+        assert!(learning_rate_at(&config, 14, 14).abs() < 1e-9);
+    }
+}
