@@ -341,6 +341,17 @@ impl Driver<'_> {
         .await?;
         self.bars.set(stage, tasks as u64, tasks as u64);
         tracing::info!(job = self.job_id, %stage, tasks, "stage complete");
+        if stage == Stage::Train {
+            // The report aggregates every run, so it is written once the last is done. It is
+            // derived data: a failure is logged (and `slim report` redoes it), never fatal.
+            if let Err(e) = slim_shared::report::write_report(store, self.job_id).await {
+                tracing::error!(
+                    job = self.job_id,
+                    error = format!("{e:#}"),
+                    "writing the train report failed; `slim report` retries it"
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use slim_shared::markers::{self, JobPhase, TaskError};
 use slim_shared::plan;
 use slim_shared::stage::Stage;
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +25,9 @@ pub struct StageStatus {
     /// Tasks done per second since the stage started.
     pub tasks_per_sec: Option<f64>,
     pub eta_secs: Option<f64>,
+    /// The counters of the done tasks, summed (for the teacher: requests, retries, tokens,
+    /// cost_microusd, ...).
+    pub counters: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +66,14 @@ pub async fn read(rt: &Runtime, job_id: &str, with_queue: bool) -> Result<JobSta
             .filter(|f| !done_shards.contains(&f.shard))
             .collect();
         let done = done_shards.len() as u32;
+        let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+        for &shard in &done_shards {
+            if let Some(marker) = markers::read_task_marker(store, job_id, stage, shard).await? {
+                for (name, value) in marker.counters {
+                    *counters.entry(name).or_default() += value;
+                }
+            }
+        }
         let queued = if with_queue {
             rt.queue.depth(&rt.topology.tasks(stage)).await.ok()
         } else {
@@ -85,6 +97,7 @@ pub async fn read(rt: &Runtime, job_id: &str, with_queue: bool) -> Result<JobSta
             queued,
             tasks_per_sec,
             eta_secs,
+            counters,
         });
         failures.extend(stage_failures);
     }
@@ -138,6 +151,17 @@ impl fmt::Display for JobStatus {
                     .unwrap_or_else(dash),
                 s.eta_secs.map(format_secs).unwrap_or_else(dash),
             )?;
+        }
+        for s in self.stages.iter().filter(|s| !s.counters.is_empty()) {
+            let counters: Vec<String> = s
+                .counters
+                .iter()
+                .map(|(name, value)| match name.strip_suffix("_microusd") {
+                    Some(money) => format!("{money}_usd {:.4}", *value as f64 / 1e6),
+                    None => format!("{name} {value}"),
+                })
+                .collect();
+            writeln!(f, "  {}: {}", s.stage.name(), counters.join(", "))?;
         }
         for failure in &self.failures {
             writeln!(

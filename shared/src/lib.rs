@@ -9,7 +9,9 @@
 //! - [`markers`]: completion markers of tasks and stages in the store.
 //! - [`messages`]: versioned task, event and job messages.
 //! - [`plan`]: how many tasks each stage of a job has.
+//! - [`prompts`]: the teacher's and the student's prompts, and the parser of their answers.
 //! - [`queue`]: one task-queue interface over RabbitMQ and an in-process queue.
+//! - [`report`]: the train stage's runs aggregated over seeds into tables and plots.
 //! - [`testkit`]: helpers for tests that need the real S3 server (Garage).
 //!
 //! This crate holds no ML code. Stages call into it; they never see which queue or store
@@ -21,7 +23,9 @@ pub mod manifest;
 pub mod markers;
 pub mod messages;
 pub mod plan;
+pub mod prompts;
 pub mod queue;
+pub mod report;
 pub mod schema;
 pub mod stage;
 pub mod store;

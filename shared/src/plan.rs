@@ -1,12 +1,16 @@
 //! How many tasks a stage has. Single-task stages have one (shard 0); sharded stages have one
 //! per user shard, a number `prepare` decides and records in `data/summary.json`, so they can
-//! be planned only once `prepare` is done.
+//! be planned only once `prepare` is done. The `train` stage has one task per run of the
+//! manifest's grid (see [`train_runs`]), read from the job's stored manifest.
 
 use crate::data::prepare::Summary;
+use crate::manifest::{Manifest, TrainSection};
 use crate::markers::job_key;
 use crate::stage::Stage;
 use crate::store::Store;
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// `{job}/data/summary.json`
 pub fn summary_key(job_id: &str) -> String {
@@ -23,11 +27,180 @@ pub async fn read_summary(store: &dyn Store, job_id: &str) -> Result<Summary> {
     serde_json::from_slice(&bytes).with_context(|| format!("{key}: not a prepare summary"))
 }
 
+/// Reads the resolved manifest a job was submitted with, `{job}/job.json`.
+pub async fn read_job_manifest(store: &dyn Store, job_id: &str) -> Result<Manifest> {
+    let key = job_key(job_id, "job.json");
+    let bytes = store
+        .get(&key)
+        .await
+        .with_context(|| format!("reading {}", store.location(&key)))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a job manifest", store.location(&key)))
+}
+
 /// The number of tasks of `stage` in a job whose prepare stage is done.
 pub async fn task_count(store: &dyn Store, job_id: &str, stage: Stage) -> Result<u32> {
+    if stage == Stage::Train {
+        let manifest = read_job_manifest(store, job_id).await?;
+        // An empty grid still has one task, which reports the problem.
+        return Ok((train_runs(&manifest.train).len() as u32).max(1));
+    }
     if !stage.is_sharded() {
         return Ok(1);
     }
     let summary = read_summary(store, job_id).await?;
     Ok(summary.dataset.shards)
+}
+
+/// The model-free variant: trained once, whatever the backbones and seeds.
+pub const POPULARITY: &str = "popularity";
+
+/// Backbones and variants this build trains; the others are refused with
+/// [`not_implemented`]'s message.
+pub const IMPLEMENTED_BACKBONES: &[&str] = &["gru4rec", "sasrec"];
+pub const IMPLEMENTED_VARIANTS: &[&str] = &["id", "plus", POPULARITY];
+
+/// Why a backbone or variant named in `[train]` cannot run in this build, if it cannot.
+/// Unknown names are the manifest validation's business, not this function's.
+pub fn not_implemented(kind: &str, name: &str) -> Option<String> {
+    let implemented = match kind {
+        "backbone" => IMPLEMENTED_BACKBONES,
+        _ => IMPLEMENTED_VARIANTS,
+    };
+    (!implemented.contains(&name)).then(|| {
+        format!(
+            "the {kind} `{name}` is not implemented yet in this build of slim (available: {})",
+            implemented.join(", ")
+        )
+    })
+}
+
+/// One run of the `train` stage: one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainRun {
+    /// `None` for the popularity baseline, which has no backbone.
+    pub backbone: Option<String>,
+    pub variant: String,
+    /// Initialisation, dropout, shuffling and training negatives (evaluation candidates
+    /// depend on `prepare.seed` only, so every run ranks the same ones).
+    pub seed: u64,
+}
+
+impl fmt::Display for TrainRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.backbone {
+            Some(backbone) => write!(f, "{backbone}/{} seed {}", self.variant, self.seed),
+            None => write!(f, "{}", self.variant),
+        }
+    }
+}
+
+/// The runs of the `train` stage; task `shard` does `train_runs(section)[shard]`.
+///
+/// The order is stable for a manifest: backbones in their listed order, within each the
+/// variants in their listed order, within each the seeds in their listed order, so
+/// `shard = (backbone * variants + variant) * seeds + seed` counting only the variants other
+/// than `popularity`. The popularity baseline, when listed, is one more run at the end
+/// (backbone `None`, the first seed): it is deterministic, so one run is all its seeds.
+/// Duplicate names are kept once.
+pub fn train_runs(section: &TrainSection) -> Vec<TrainRun> {
+    fn unique<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for item in items {
+            if !out.contains(item) {
+                out.push(item.clone());
+            }
+        }
+        out
+    }
+    let (backbones, variants, seeds) = (
+        unique(&section.backbones),
+        unique(&section.variants),
+        unique(&section.seeds),
+    );
+    let mut runs = Vec::new();
+    for backbone in &backbones {
+        for variant in variants.iter().filter(|v| *v != POPULARITY) {
+            for &seed in &seeds {
+                runs.push(TrainRun {
+                    backbone: Some(backbone.clone()),
+                    variant: variant.clone(),
+                    seed,
+                });
+            }
+        }
+    }
+    if variants.iter().any(|v| v == POPULARITY) {
+        runs.push(TrainRun {
+            backbone: None,
+            variant: POPULARITY.into(),
+            seed: seeds.first().copied().unwrap_or(0),
+        });
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(backbones: &[&str], variants: &[&str], seeds: &[u64]) -> TrainSection {
+        TrainSection {
+            backbones: backbones.iter().map(|s| s.to_string()).collect(),
+            variants: variants.iter().map(|s| s.to_string()).collect(),
+            seeds: seeds.to_vec(),
+            ..TrainSection::default()
+        }
+    }
+
+    #[test]
+    fn train_shards_map_to_backbone_variant_seed_in_a_stable_order() {
+        let runs = train_runs(&section(
+            &["sasrec", "gru4rec"],
+            &["popularity", "id", "plus"],
+            &[1, 2, 3],
+        ));
+        // 2 backbones x 2 variants x 3 seeds, then popularity once.
+        assert_eq!(runs.len(), 13);
+        let at = |b: usize, v: usize, s: usize| &runs[(b * 2 + v) * 3 + s];
+        assert_eq!(
+            at(0, 0, 0),
+            &TrainRun {
+                backbone: Some("sasrec".into()),
+                variant: "id".into(),
+                seed: 1
+            }
+        );
+        assert_eq!(at(0, 1, 2).to_string(), "sasrec/plus seed 3");
+        assert_eq!(at(1, 0, 1).to_string(), "gru4rec/id seed 2");
+        assert_eq!(at(1, 1, 2).to_string(), "gru4rec/plus seed 3");
+        assert_eq!(runs[12].backbone, None);
+        assert_eq!(runs[12].variant, "popularity");
+        // Planning twice gives the same runs; duplicates are dropped.
+        let again = train_runs(&section(
+            &["sasrec", "gru4rec", "sasrec"],
+            &["popularity", "id", "plus", "id"],
+            &[1, 2, 3, 1],
+        ));
+        assert_eq!(again, runs);
+        // Popularity alone is one task; nothing listed is none.
+        assert_eq!(
+            train_runs(&section(&["sasrec"], &["popularity"], &[7])).len(),
+            1
+        );
+        assert!(train_runs(&section(&["sasrec"], &["id"], &[])).is_empty());
+    }
+
+    #[test]
+    fn unimplemented_names_are_named_with_the_alternatives() {
+        assert_eq!(not_implemented("variant", "plus"), None);
+        assert_eq!(not_implemented("backbone", "gru4rec"), None);
+        let message = not_implemented("variant", "slim_minus").unwrap();
+        assert!(
+            message.contains("`slim_minus` is not implemented yet")
+                && message.contains("id, plus, popularity"),
+            "{message}"
+        );
+        assert!(not_implemented("backbone", "srgnn").is_some());
+    }
 }

@@ -96,8 +96,135 @@ pub static RATIONALES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("latency_ms", DataType::UInt64, false),
         // "stop", "length", ...
         Field::new("finish_reason", DataType::Utf8, false),
+        // Accounting. Transport retries (timeouts, 429, 5xx, broken bodies) over every request
+        // made for this row.
+        Field::new("retries", DataType::UInt32, false),
+        // Extra answers asked for because an answer could not be split into three steps.
+        Field::new("parse_retries", DataType::UInt32, false),
+        // True when even the last answer could not be split: `rationale` holds it whole and
+        // the step columns are empty. Such rows are kept, never dropped.
+        Field::new("parse_error", DataType::Boolean, false),
+        // True when the answer came from the response cache (no request made this time).
+        Field::new("cached", DataType::Boolean, false),
+        // Estimated USD cost of every answer paid for this row, from the manifest's prices
+        // (the original cost for cached rows).
+        Field::new("cost_usd", DataType::Float64, false),
     ]))
 });
+
+/// One row of a rationale file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RationaleRow {
+    pub user_id: String,
+    pub prompt: String,
+    pub rationale: String,
+    pub step1: String,
+    pub step2: String,
+    pub step3: String,
+    pub model: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub latency_ms: u64,
+    pub finish_reason: String,
+    pub retries: u32,
+    pub parse_retries: u32,
+    pub parse_error: bool,
+    pub cached: bool,
+    pub cost_usd: f64,
+}
+
+/// A rationale file (`teacher/part-NNNNN.parquet`, `student/part-NNNNN.parquet`) in memory.
+pub fn write_rationales(rows: &[RationaleRow]) -> Result<Vec<u8>> {
+    use arrow::array::{BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array};
+    let text = |f: fn(&RationaleRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let u32s = |f: fn(&RationaleRow) -> u32| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(f)))
+    };
+    let flags = |f: fn(&RationaleRow) -> bool| -> ArrayRef {
+        Arc::new(BooleanArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        text(|r| &r.user_id),
+        text(|r| &r.prompt),
+        text(|r| &r.rationale),
+        text(|r| &r.step1),
+        text(|r| &r.step2),
+        text(|r| &r.step3),
+        text(|r| &r.model),
+        u32s(|r| r.prompt_tokens),
+        u32s(|r| r.completion_tokens),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.latency_ms),
+        )),
+        text(|r| &r.finish_reason),
+        u32s(|r| r.retries),
+        u32s(|r| r.parse_retries),
+        flags(|r| r.parse_error),
+        flags(|r| r.cached),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.cost_usd),
+        )),
+    ];
+    let batch = RecordBatch::try_new(RATIONALES.clone(), columns)?;
+    let mut bytes = Vec::new();
+    let mut writer = writer(&mut bytes, &RATIONALES)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(bytes)
+}
+
+/// Reads a whole rationale file.
+pub fn read_rationales(bytes: Bytes, name: &str) -> Result<Vec<RationaleRow>> {
+    use arrow::datatypes::{Float64Type, UInt64Type};
+    let mut rows = Vec::new();
+    for batch in read_batches(bytes, &RATIONALES, name)? {
+        let text = |c: &str| column(&batch, c).as_string::<i32>().clone();
+        let u32s = |c: &str| column(&batch, c).as_primitive::<UInt32Type>().clone();
+        let flags = |c: &str| column(&batch, c).as_boolean().clone();
+        let (user_id, prompt, rationale, step1, step2, step3, model, finish_reason) = (
+            text("user_id"),
+            text("prompt"),
+            text("rationale"),
+            text("step1"),
+            text("step2"),
+            text("step3"),
+            text("model"),
+            text("finish_reason"),
+        );
+        let (prompt_tokens, completion_tokens, retries, parse_retries) = (
+            u32s("prompt_tokens"),
+            u32s("completion_tokens"),
+            u32s("retries"),
+            u32s("parse_retries"),
+        );
+        let latency = column(&batch, "latency_ms").as_primitive::<UInt64Type>();
+        let cost = column(&batch, "cost_usd").as_primitive::<Float64Type>();
+        let (parse_error, cached) = (flags("parse_error"), flags("cached"));
+        for r in 0..batch.num_rows() {
+            rows.push(RationaleRow {
+                user_id: user_id.value(r).to_string(),
+                prompt: prompt.value(r).to_string(),
+                rationale: rationale.value(r).to_string(),
+                step1: step1.value(r).to_string(),
+                step2: step2.value(r).to_string(),
+                step3: step3.value(r).to_string(),
+                model: model.value(r).to_string(),
+                prompt_tokens: prompt_tokens.value(r),
+                completion_tokens: completion_tokens.value(r),
+                latency_ms: latency.value(r),
+                finish_reason: finish_reason.value(r).to_string(),
+                retries: retries.value(r),
+                parse_retries: parse_retries.value(r),
+                parse_error: parse_error.value(r),
+                cached: cached.value(r),
+                cost_usd: cost.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
 
 /// The text fields of one rationale row, as the encode stage needs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +314,208 @@ pub fn write_embeddings(
     writer.write(&batch)?;
     writer.close()?;
     Ok(bytes)
+}
+
+/// `train/runs/part-NNNNN.parquet`: the metrics of one training run (one task of the train
+/// stage), one row per split and user group (`all`, then each history-length bucket).
+pub static TRAIN_RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        // `sasrec`, `sasrec+`, `gru4rec`, `popularity`, ...
+        Field::new("model", DataType::Utf8, false),
+        // Null for the popularity baseline.
+        Field::new("backbone", DataType::Utf8, true),
+        // The manifest's variant: `id`, `plus`, `popularity`, ...
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("seed", DataType::UInt64, false),
+        // `valid` or `test`.
+        Field::new("split", DataType::Utf8, false),
+        // `all` or a history-length bucket such as `5-9`.
+        Field::new("bucket", DataType::Utf8, false),
+        // Users in the group.
+        Field::new("users", DataType::UInt64, false),
+    ];
+    fields.extend(METRIC_COLUMNS.map(|m| Field::new(m, DataType::Float64, false)));
+    fields.extend([
+        // The epoch whose weights were evaluated (best validation NDCG@10); 0 untrained.
+        Field::new("best_epoch", DataType::UInt32, false),
+        // Epochs trained (early stopping included).
+        Field::new("epochs", DataType::UInt32, false),
+        // Mean seconds per training epoch, evaluation excluded.
+        Field::new("seconds_per_epoch", DataType::Float64, false),
+        // Wall time of the whole run.
+        Field::new("seconds", DataType::Float64, false),
+    ]);
+    Arc::new(Schema::new(fields))
+});
+
+/// `train/metrics.parquet`: the runs aggregated over seeds, one row per model, split and
+/// user group; each metric as `{metric}_mean` and `{metric}_std` (sample standard deviation,
+/// 0 for a single run).
+pub static TRAIN_METRICS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("backbone", DataType::Utf8, true),
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("bucket", DataType::Utf8, false),
+        Field::new("users", DataType::UInt64, false),
+        // Runs (seeds) aggregated.
+        Field::new("runs", DataType::UInt32, false),
+    ];
+    for m in METRIC_COLUMNS {
+        fields.push(Field::new(format!("{m}_mean"), DataType::Float64, false));
+        fields.push(Field::new(format!("{m}_std"), DataType::Float64, false));
+    }
+    fields.extend([
+        Field::new("best_epoch_mean", DataType::Float64, false),
+        Field::new("seconds_per_epoch_mean", DataType::Float64, false),
+    ]);
+    Arc::new(Schema::new(fields))
+});
+
+/// The metric columns of [`TRAIN_RUNS`], in report order (means over the group's users).
+pub const METRIC_COLUMNS: [&str; 5] = ["ndcg10", "hr10", "hr20", "efd10", "epc10"];
+
+/// One row of [`TRAIN_RUNS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMetricsRow {
+    pub model: String,
+    pub backbone: Option<String>,
+    pub variant: String,
+    pub seed: u64,
+    pub split: String,
+    pub bucket: String,
+    pub users: u64,
+    /// In [`METRIC_COLUMNS`] order.
+    pub metrics: [f64; 5],
+    pub best_epoch: u32,
+    pub epochs: u32,
+    pub seconds_per_epoch: f64,
+    pub seconds: f64,
+}
+
+/// A run file (`train/runs/part-NNNNN.parquet`) in memory.
+pub fn write_run_metrics(rows: &[RunMetricsRow]) -> Result<Vec<u8>> {
+    use arrow::array::{Float64Array, StringArray, UInt32Array, UInt64Array};
+    let text = |f: fn(&RunMetricsRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let floats = |f: &dyn Fn(&RunMetricsRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let mut columns: Vec<ArrayRef> = vec![
+        text(|r| &r.model),
+        Arc::new(StringArray::from(
+            rows.iter()
+                .map(|r| r.backbone.as_deref())
+                .collect::<Vec<_>>(),
+        )),
+        text(|r| &r.variant),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seed))),
+        text(|r| &r.split),
+        text(|r| &r.bucket),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.users))),
+    ];
+    for m in 0..METRIC_COLUMNS.len() {
+        columns.push(floats(&|r| r.metrics[m]));
+    }
+    columns.extend([
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.best_epoch),
+        )) as ArrayRef,
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.epochs))),
+        floats(&|r| r.seconds_per_epoch),
+        floats(&|r| r.seconds),
+    ]);
+    let batch = RecordBatch::try_new(TRAIN_RUNS.clone(), columns)?;
+    let mut bytes = Vec::new();
+    let mut writer = writer(&mut bytes, &TRAIN_RUNS)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(bytes)
+}
+
+/// Reads a run file.
+pub fn read_run_metrics(bytes: Bytes, name: &str) -> Result<Vec<RunMetricsRow>> {
+    use arrow::datatypes::{Float64Type, UInt64Type};
+    let mut rows = Vec::new();
+    for batch in read_batches(bytes, &TRAIN_RUNS, name)? {
+        let text = |c: &str| column(&batch, c).as_string::<i32>().clone();
+        let u64s = |c: &str| column(&batch, c).as_primitive::<UInt64Type>().clone();
+        let u32s = |c: &str| column(&batch, c).as_primitive::<UInt32Type>().clone();
+        let floats = |c: &str| column(&batch, c).as_primitive::<Float64Type>().clone();
+        let (model, backbone, variant, split, bucket) = (
+            text("model"),
+            text("backbone"),
+            text("variant"),
+            text("split"),
+            text("bucket"),
+        );
+        let (seed, users, best_epoch, epochs) = (
+            u64s("seed"),
+            u64s("users"),
+            u32s("best_epoch"),
+            u32s("epochs"),
+        );
+        let metrics = METRIC_COLUMNS.map(floats);
+        let (per_epoch, seconds) = (floats("seconds_per_epoch"), floats("seconds"));
+        for r in 0..batch.num_rows() {
+            rows.push(RunMetricsRow {
+                model: model.value(r).to_string(),
+                backbone: (!backbone.is_null(r)).then(|| backbone.value(r).to_string()),
+                variant: variant.value(r).to_string(),
+                seed: seed.value(r),
+                split: split.value(r).to_string(),
+                bucket: bucket.value(r).to_string(),
+                users: users.value(r),
+                metrics: std::array::from_fn(|m| metrics[m].value(r)),
+                best_epoch: best_epoch.value(r),
+                epochs: epochs.value(r),
+                seconds_per_epoch: per_epoch.value(r),
+                seconds: seconds.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Reads an embedding file's `u32` id column and one vector column (e.g. `item_index` and
+/// `embedding` of `embeddings/items/part-NNNNN.parquet`).
+pub fn read_embeddings_by_index(
+    bytes: Bytes,
+    name: &str,
+    id: &str,
+    vectors: &str,
+) -> Result<Vec<(u32, Vec<f32>)>> {
+    use arrow::datatypes::Float32Type;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .with_context(|| format!("{name}: not a readable Parquet file"))?;
+    let dim = match builder
+        .schema()
+        .field_with_name(vectors)
+        .map(|f| f.data_type())
+    {
+        Ok(DataType::FixedSizeList(_, dim)) => *dim as usize,
+        Ok(other) => bail!("{name}: column {vectors} has type {other}, expected a FixedSizeList"),
+        Err(_) => bail!("{name}: column {vectors} is missing"),
+    };
+    let expected = Arc::new(Schema::new(vec![
+        Field::new(id, DataType::UInt32, false),
+        embedding_field(vectors, dim),
+    ]));
+    let mut rows = Vec::new();
+    for batch in read_batches_with(builder, &expected, name)? {
+        let ids = column(&batch, id).as_primitive::<UInt32Type>();
+        let lists = column(&batch, vectors).as_fixed_size_list();
+        for r in 0..batch.num_rows() {
+            let row = lists.value(r);
+            rows.push((
+                ids.value(r),
+                row.as_primitive::<Float32Type>().values().to_vec(),
+            ));
+        }
+    }
+    Ok(rows)
 }
 
 /// One row of `data/users.parquet`.
@@ -411,6 +740,14 @@ pub fn writer<W: Write + Send>(sink: W, schema: &SchemaRef) -> Result<ArrowWrite
 pub fn read_batches(bytes: Bytes, expected: &SchemaRef, name: &str) -> Result<Vec<RecordBatch>> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .with_context(|| format!("{name}: not a readable Parquet file"))?;
+    read_batches_with(builder, expected, name)
+}
+
+fn read_batches_with(
+    builder: ParquetRecordBatchReaderBuilder<Bytes>,
+    expected: &SchemaRef,
+    name: &str,
+) -> Result<Vec<RecordBatch>> {
     let found = builder.schema().clone();
     for field in expected.fields() {
         match found.field_with_name(field.name()) {
@@ -543,6 +880,73 @@ mod tests {
         assert!(rows[0].in_teacher_sample);
         assert_eq!(rows[1].user_id, "B2");
         assert!(rows[1].history.is_empty());
+    }
+
+    #[test]
+    fn rationales_round_trip_and_feed_the_encoder_reader() {
+        let row = RationaleRow {
+            user_id: "A1".into(),
+            prompt: "p".into(),
+            rationale: "Step 1: a".into(),
+            step1: "a".into(),
+            step2: String::new(),
+            step3: String::new(),
+            model: "m".into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            latency_ms: 120,
+            finish_reason: "length".into(),
+            retries: 2,
+            parse_retries: 1,
+            parse_error: true,
+            cached: false,
+            cost_usd: 0.25,
+        };
+        let bytes = Bytes::from(write_rationales(std::slice::from_ref(&row)).unwrap());
+        assert_eq!(read_rationales(bytes.clone(), "r").unwrap(), vec![row]);
+        let texts = read_rationale_texts(bytes, "r").unwrap();
+        assert_eq!(texts[0].step1, "a");
+    }
+
+    #[test]
+    fn run_metrics_and_embeddings_round_trip() {
+        let row = RunMetricsRow {
+            model: "popularity".into(),
+            backbone: None,
+            variant: "popularity".into(),
+            seed: 1,
+            split: "test".into(),
+            bucket: "5-9".into(),
+            users: 12,
+            metrics: [0.1, 0.2, 0.3, 0.4, 0.5],
+            best_epoch: 0,
+            epochs: 0,
+            seconds_per_epoch: 0.0,
+            seconds: 0.25,
+        };
+        let sasrec = RunMetricsRow {
+            model: "sasrec".into(),
+            backbone: Some("sasrec".into()),
+            ..row.clone()
+        };
+        let rows = vec![row, sasrec];
+        let bytes = Bytes::from(write_run_metrics(&rows).unwrap());
+        assert_eq!(read_run_metrics(bytes, "runs").unwrap(), rows);
+
+        use arrow::array::UInt32Array;
+        let vectors = vec![vec![1.0, 2.0], vec![3.0, 4.0]];
+        let bytes = write_embeddings(
+            vec![(
+                Field::new("item_index", DataType::UInt32, false),
+                Arc::new(UInt32Array::from(vec![4, 2])) as ArrayRef,
+            )],
+            vec![("embedding", &vectors)],
+            2,
+        )
+        .unwrap();
+        let read =
+            read_embeddings_by_index(bytes.into(), "items", "item_index", "embedding").unwrap();
+        assert_eq!(read, vec![(4, vec![1.0, 2.0]), (2, vec![3.0, 4.0])]);
     }
 
     #[test]

@@ -284,6 +284,21 @@ pub async fn retry(job_id: &str, store_uri: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `slim report JOB`: aggregates the job's train runs again (metrics.parquet, report.md,
+/// plots; the coordinator also does this when the train stage closes) and prints the report.
+pub async fn report(job_id: &str, store_uri: &str) -> Result<ExitCode> {
+    let store = open_store(store_uri).await?;
+    let written = slim_shared::report::write_report(store.as_ref(), job_id).await?;
+    print!("{}", written.markdown);
+    let folder = store.location(&slim_shared::markers::job_key(job_id, "train/"));
+    eprintln!(
+        "{} run rows aggregated; written under {folder}: {}",
+        written.rows,
+        written.keys.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,10 +6,12 @@ mod embed;
 mod generate;
 mod prepare;
 mod run;
+mod serve;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use slim_shared::manifest::LoadedManifest;
+use slim_shared::stage::Stage;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,6 +48,20 @@ pub struct Overrides {
     /// Output root instead of the manifest's `job.output` (local path or s3://bucket/prefix).
     #[arg(long)]
     pub output: Option<String>,
+    /// Stages to run (with the stages they depend on) instead of the manifest's `job.stages`,
+    /// comma-separated, e.g. `--stages prepare` or `--stages teacher`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_stage)]
+    pub stages: Option<Vec<Stage>>,
+}
+
+fn parse_stage(text: &str) -> Result<Stage, String> {
+    Stage::ALL
+        .into_iter()
+        .find(|s| s.name() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+            format!("no stage {text:?}; stages: {}", names.join(", "))
+        })
 }
 
 impl Overrides {
@@ -63,6 +79,9 @@ impl Overrides {
             slim_shared::store::Location::parse(&output, Path::new("."))
                 .with_context(|| format!("--output {output}"))?;
             loaded.manifest.job.output = output;
+        }
+        if let Some(stages) = &self.stages {
+            loaded.manifest.job.stages = stages.clone();
         }
         Ok(())
     }
@@ -135,10 +154,18 @@ pub enum Command {
         #[arg(long, env = "SLIM_STORE")]
         store: String,
     },
-    /// Print a finished job's report.
-    Report { job: String },
-    /// Serve a model over an OpenAI-compatible HTTP API.
-    Serve,
+    /// Aggregate a job's train runs over seeds (train/metrics.parquet, train/report.md, SVG
+    /// plots) and print the report.
+    Report {
+        /// The job id.
+        job: String,
+        /// The store root that holds the job (the output root of its manifest).
+        #[arg(long, env = "SLIM_STORE", default_value = "out")]
+        store: String,
+    },
+    /// Serve a local model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /// /v1/models, /healthz).
+    Serve(serve::ServeArgs),
     /// Generate text with a local model (prints only the generated text).
     Generate(generate::GenerateArgs),
     /// Embed texts with the text encoder: one JSON array per text.
@@ -239,10 +266,11 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             generate::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Report { .. } | Command::Serve => {
-            eprintln!("this command is not yet available in this build of slim");
-            Ok(ExitCode::from(2))
+        Command::Serve(args) => {
+            serve::run(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Report { job, store } => cluster::report(&job, &store).await,
     }
 }
 

@@ -136,6 +136,15 @@ pub async fn run(loaded: LoadedManifest, progress: bool) -> Result<ExitCode> {
             pending.join(", ")
         );
     }
+    if runnable.contains(&Stage::Train) {
+        // The driver writes the report when train closes; a run that found train done
+        // before, or whose report write failed, writes it here.
+        let report = markers::job_key(&job_id, slim_shared::report::REPORT_KEY);
+        if !store.exists(&report).await? {
+            slim_shared::report::write_report(store.as_ref(), &job_id).await?;
+        }
+        println!("report: {} (slim report {job_id})", store.location(&report));
+    }
     println!("outputs: {}", root.join(&job_id));
     Ok(ExitCode::SUCCESS)
 }

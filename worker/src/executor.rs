@@ -70,7 +70,9 @@ impl Registry {
         let mut registry = Self::default();
         registry.register(Arc::new(crate::stages::prepare::PrepareExecutor));
         registry.register(Arc::new(crate::stages::probe::ProbeExecutor::default()));
+        registry.register(Arc::new(crate::stages::teacher::TeacherExecutor::default()));
         registry.register(Arc::new(crate::stages::encode::EncodeExecutor::default()));
+        registry.register(Arc::new(crate::stages::train::TrainExecutor));
         registry
     }
 

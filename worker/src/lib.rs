@@ -5,6 +5,7 @@
 //! names the concrete backend the binary was built with.
 
 pub mod backend;
+pub mod chat;
 pub mod encoder;
 pub mod executor;
 pub mod llm;

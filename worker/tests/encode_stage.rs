@@ -2,7 +2,6 @@
 //! encoder, and a teacher rationale part written in the rationale schema. The embeddings are
 //! read back by DuckDB, as analysts would.
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use slim_shared::manifest::LoadedManifest;
 use slim_shared::schema;
 use slim_shared::stage::Stage;
@@ -23,30 +22,30 @@ fn data_dir() -> PathBuf {
 }
 
 fn rationale_part(users: &[&str]) -> Vec<u8> {
-    let n = users.len();
-    let text = |f: &dyn Fn(usize) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values((0..n).map(f)))
-    };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(users.iter().copied())),
-        text(&|_| "the prompt".into()),
-        text(&|i| format!("Step 1: likes puzzles {i}. Step 2: cards. Step 3: a gift card.")),
-        text(&|i| format!("likes puzzles {i}")),
-        // The same second step for everyone: embedded once.
-        text(&|_| "cards".into()),
-        text(&|_| "a gift card".into()),
-        text(&|_| "a teacher".into()),
-        Arc::new(UInt32Array::from(vec![100; n])),
-        Arc::new(UInt32Array::from(vec![20; n])),
-        Arc::new(UInt64Array::from(vec![5; n])),
-        text(&|_| "stop".into()),
-    ];
-    let batch = RecordBatch::try_new(schema::RATIONALES.clone(), columns).unwrap();
-    let mut bytes = Vec::new();
-    let mut writer = schema::writer(&mut bytes, &schema::RATIONALES).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    bytes
+    let rows: Vec<schema::RationaleRow> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| schema::RationaleRow {
+            user_id: user.to_string(),
+            prompt: "the prompt".into(),
+            rationale: format!("Step 1: likes puzzles {i}. Step 2: cards. Step 3: a gift card."),
+            step1: format!("likes puzzles {i}"),
+            // The same second step for everyone: embedded once.
+            step2: "cards".into(),
+            step3: "a gift card".into(),
+            model: "a teacher".into(),
+            prompt_tokens: 100,
+            completion_tokens: 20,
+            latency_ms: 5,
+            finish_reason: "stop".into(),
+            retries: 0,
+            parse_retries: 0,
+            parse_error: false,
+            cached: false,
+            cost_usd: 0.0,
+        })
+        .collect();
+    schema::write_rationales(&rows).unwrap()
 }
 
 fn duckdb(sql: &str) -> String {

@@ -265,9 +265,10 @@ impl Default for EncoderSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// Any of gru4rec, sasrec, srgnn.
+    /// Any of gru4rec, sasrec, srgnn (srgnn is not implemented yet).
     pub backbones: Vec<String>,
     /// Any of id, plus, slim, slim_minus, slim_agnostic, step1, step2, step3, popularity.
+    /// This build trains id, plus and popularity; the others are refused when the job trains.
     pub variants: Vec<String>,
     pub seeds: Vec<u64>,
     pub epochs: u32,
@@ -286,7 +287,7 @@ impl Default for TrainSection {
     fn default() -> Self {
         Self {
             backbones: vec!["sasrec".into()],
-            variants: ["id", "plus", "slim"].map(String::from).to_vec(),
+            variants: ["id", "plus", "popularity"].map(String::from).to_vec(),
             seeds: vec![1, 2, 3, 4, 5],
             epochs: 50,
             batch_size: 256,
@@ -378,6 +379,10 @@ impl LoadedManifest {
         manifest.job.output = absolute(&manifest.job.output);
         manifest.data.reviews = absolute(&manifest.data.reviews);
         manifest.data.meta = manifest.data.meta.as_deref().map(absolute);
+        // A local teacher's model is a path; a remote teacher's is a name.
+        if manifest.teacher.backend == TeacherBackend::Local {
+            manifest.teacher.model = absolute(&manifest.teacher.model);
+        }
         manifest
     }
 

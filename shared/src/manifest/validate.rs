@@ -457,8 +457,22 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
     if t.max_new_tokens == 0 {
         problem("teacher.max_new_tokens", "must be at least 1".into());
     }
+    if let Some(Err(message)) = t
+        .prompt_template
+        .as_deref()
+        .map(crate::prompts::check_template)
+    {
+        problem("teacher.prompt_template", message);
+    }
 
     let st = &m.student;
+    if let Some(Err(message)) = st
+        .prompt_template
+        .as_deref()
+        .map(crate::prompts::check_template)
+    {
+        problem("student.prompt_template", message);
+    }
     if st.lora_rank == 0 {
         problem("student.lora_rank", "must be at least 1".into());
     }
@@ -486,6 +500,23 @@ fn check_semantics(m: &Manifest, base_dir: &Path, out: &mut Vec<Problem>) {
     let tr = &m.train;
     check_names(&tr.backbones, BACKBONES, "train.backbones", &mut problem);
     check_names(&tr.variants, VARIANTS, "train.variants", &mut problem);
+    // Refused up front rather than by a task that fails after the stages before it ran.
+    if m.job.planned_stages().contains(&Stage::Train) {
+        let named = [
+            ("backbone", "train.backbones", &tr.backbones, BACKBONES),
+            ("variant", "train.variants", &tr.variants, VARIANTS),
+        ];
+        for (kind, path, names, known) in named {
+            for (i, name) in names.iter().enumerate() {
+                // Unknown names are reported above.
+                if known.contains(&name.as_str())
+                    && let Some(message) = crate::plan::not_implemented(kind, name)
+                {
+                    problem(&format!("{path}.{i}"), message);
+                }
+            }
+        }
+    }
     if tr.seeds.is_empty() {
         problem("train.seeds", "must list at least one seed".into());
     }
@@ -621,6 +652,42 @@ x = 1
             !text.contains("sk-123"),
             "the secret leaked into the report"
         );
+    }
+
+    #[test]
+    fn prompt_templates_must_show_the_history() {
+        let dir = data_dir();
+        let text = format!(
+            "{GOOD}\n[teacher]\nprompt_template = \"Recommend.\"\n[student]\nprompt_template = \"{{history}}\"\n"
+        );
+        let problems = parse_and_validate(&text, dir.path()).unwrap_err();
+        assert!(problems.has("teacher.prompt_template"), "{problems}");
+        assert!(!problems.has("student.prompt_template"), "{problems}");
+    }
+
+    #[test]
+    fn unimplemented_train_variants_are_refused_when_train_runs() {
+        let dir = data_dir();
+        let text = format!(
+            "{GOOD}\n[train]\nbackbones = [\"sasrec\", \"srgnn\"]\nvariants = [\"id\", \"slim\"]\n"
+        );
+        let problems = parse_and_validate(&text, dir.path()).unwrap_err();
+        let slim = problems
+            .problems
+            .iter()
+            .find(|p| p.path == "train.variants.1");
+        assert!(
+            slim.is_some_and(|p| p.message.contains("`slim` is not implemented yet")),
+            "{problems}"
+        );
+        assert!(problems.has("train.backbones.1"), "{problems}");
+        assert!(!problems.has("train.variants.0"), "{problems}");
+        // A job that does not train is not held back by its [train] section.
+        let text = text.replace(
+            "output = \"out\"",
+            "output = \"out\"\nstages = [\"prepare\"]",
+        );
+        assert!(parse_and_validate(&text, dir.path()).is_ok());
     }
 
     #[test]

@@ -180,8 +180,21 @@ mod kernels {
                     }
                 }
             }
-            *slot = acc.iter().flatten().sum();
+            *slot = reduce(&acc);
         }
+    }
+
+    /// Sums the accumulators lane-wise, then the eight lanes. Kept out of line so the loop
+    /// above keeps its accumulators in registers.
+    #[inline(never)]
+    fn reduce(acc: &[[f32; 8]; 4]) -> f32 {
+        let mut lanes = [0f32; 8];
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+        }
+        (lanes[0] + lanes[4])
+            + (lanes[1] + lanes[5])
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
     }
 
     #[cfg(target_arch = "x86_64")]

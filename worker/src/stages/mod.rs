@@ -3,3 +3,5 @@
 pub mod encode;
 pub mod prepare;
 pub mod probe;
+pub mod teacher;
+pub mod train;
