@@ -7,6 +7,7 @@
 //! `adapter_config.json`), so Python users load them with `peft`.
 
 use super::model::Llama;
+use super::weights::{NamedTensor, tensor_values, write_f32_safetensors};
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -231,7 +232,7 @@ impl<B: Backend> LoraAdapters<B> {
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (PEFT layout).
     pub fn save_peft(&self, dir: &Path, config: &LoraConfig, base_model: &str) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+        let mut tensors: Vec<NamedTensor> = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             for target in Target::ALL {
                 let Some(pair) = layer.get(target) else {
@@ -239,28 +240,12 @@ impl<B: Backend> LoraAdapters<B> {
                 };
                 for (which, tensor) in [("A", pair.a.val()), ("B", pair.b.val())] {
                     // Ours are [in, rank] and [rank, out]; PEFT stores nn.Linear weights [out, in].
-                    let t = tensor.transpose();
-                    let shape = t.dims().to_vec();
-                    let values: Vec<f32> = t
-                        .into_data()
-                        .to_vec()
-                        .map_err(|e| anyhow::anyhow!("reading an adapter back: {e:?}"))?;
-                    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    tensors.push((Self::peft_name(i, target, which), bytes, shape));
+                    let (values, shape) = tensor_values(tensor.transpose())?;
+                    tensors.push((Self::peft_name(i, target, which), values, shape));
                 }
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(name, bytes, shape)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map(|view| (name.clone(), view))
-                    .with_context(|| format!("tensor {name}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let path = dir.join("adapter_model.safetensors");
-        safetensors::serialize_to_file(views, None, &path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_f32_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
         let peft_config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",

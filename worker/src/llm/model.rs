@@ -9,7 +9,7 @@
 use super::config::{LlamaConfig, RopePairing};
 use super::cpu_matvec::QuantMatrix;
 use super::lora::{LoraAdapters, Target};
-use super::weights::{NamedTensor, WeightSource, hf_names, save_hf};
+use super::weights::{NamedTensor, WeightSource, hf_names, save_hf, tensor_values};
 use anyhow::{Result, ensure};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
@@ -504,20 +504,8 @@ impl<B: Backend> Rope<B, 3> {
 /// Reads a model's tensors back in Hugging Face naming and layout (`[out, in]`, half rope
 /// pairing), for saving.
 fn hf_tensors<B: Backend>(model: &Llama<B>) -> Result<Vec<NamedTensor>> {
-    let read = |t: Tensor<B, 2>| -> Result<(Vec<f32>, Vec<usize>)> {
-        let shape = t.dims().to_vec();
-        let values = t
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))?;
-        Ok((values, shape))
-    };
-    let vector = |t: &Tensor<B, 1>| {
-        read(t.clone().unsqueeze::<2>()).map(|(v, _)| {
-            let len = v.len();
-            (v, vec![len])
-        })
-    };
+    let read = tensor_values::<B, 2>;
+    let vector = |t: &Tensor<B, 1>| tensor_values(t.clone());
     // Checkpoints store [out, in]; Q and K rows go back to Hugging Face's pairing.
     let projection = |p: &Projection<B>, heads: Option<usize>| -> Result<(Vec<f32>, Vec<usize>)> {
         let (values, shape) = read(p.weight.clone().transpose())?;

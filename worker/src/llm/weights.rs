@@ -220,25 +220,38 @@ pub fn save_hf(dir: &Path, config: &LlamaConfig, tensors: &[NamedTensor]) -> Res
     std::fs::write(&config_path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
 
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+    write_f32_safetensors(&dir.join("model.safetensors"), tensors)
+}
+
+/// Writes `tensors` as one F32 safetensors file.
+pub fn write_f32_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(name, values, shape)| {
-            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), bytes, shape.clone())
-        })
+        .map(|(_, values, _)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
         .collect();
-    let views = bytes
+    let views = tensors
         .iter()
-        .map(|(name, data, shape)| {
+        .zip(&bytes)
+        .map(|((name, _, shape), data)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
                 .map(|view| (name.clone(), view))
                 .with_context(|| format!("tensor {name}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    safetensors::serialize_to_file(views, None, path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A tensor's values (row-major) and shape, read back from the device.
+pub fn tensor_values<B: burn::tensor::backend::Backend, const D: usize>(
+    tensor: burn::tensor::Tensor<B, D>,
+) -> Result<(Vec<f32>, Vec<usize>)> {
+    let shape = tensor.dims().to_vec();
+    let values = tensor
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))?;
+    Ok((values, shape))
 }
 
 /// Reorders the rows of a Q or K weight (`[heads * head_dim, in]`, row-major) from half
