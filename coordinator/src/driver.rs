@@ -17,6 +17,7 @@ use slim_shared::markers::{
 use slim_shared::messages::{EventKind, TaskMessage, decode_event};
 use slim_shared::plan;
 use slim_shared::stage::Stage;
+use slim_shared::telemetry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
@@ -252,6 +253,14 @@ impl Driver<'_> {
                 f.error
             )
         });
+        for p in &progress {
+            let stage = p.stage.name();
+            let tasks = f64::from(p.tasks.unwrap_or(0));
+            telemetry::JOB_TASKS.set(&[self.job_id, stage, "total"], tasks);
+            telemetry::JOB_TASKS.set(&[self.job_id, stage, "done"], f64::from(p.done));
+            telemetry::JOB_TASKS.set(&[self.job_id, stage, "failed"], f64::from(p.failed));
+            telemetry::JOB_TASKS.set(&[self.job_id, stage, "running"], f64::from(p.running));
+        }
         let state = JobState {
             job_id: self.job_id.to_string(),
             phase,
@@ -315,6 +324,7 @@ impl Driver<'_> {
         markers::write_published(store, self.job_id, stage, &published).await?;
         let sent = missing.iter().filter(|s| published.contains(s)).count() as u64;
         self.published += sent;
+        telemetry::TASKS_PUBLISHED.add(&[stage.name()], sent as f64);
         tracing::info!(job = job_id, %stage, published = sent, total_published = count, tasks, "published tasks");
         result.with_context(|| format!("publishing {stage} tasks to {queue}"))
     }

@@ -12,6 +12,7 @@
 //! - [`prompts`]: the teacher's and the student's prompts, and the parser of their answers.
 //! - [`queue`]: one task-queue interface over RabbitMQ and an in-process queue.
 //! - [`report`]: the train stage's runs aggregated over seeds into tables and plots.
+//! - [`telemetry`]: the process's Prometheus metrics and its readiness (`/metrics`, `/readyz`).
 //! - [`testkit`]: helpers for tests that need the real S3 server (Garage).
 //!
 //! This crate holds no ML code. Stages call into it; they never see which queue or store
@@ -29,4 +30,5 @@ pub mod report;
 pub mod schema;
 pub mod stage;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;

@@ -1,5 +1,8 @@
 //! The cluster commands: `slim submit`, `slim coordinator`, `slim worker`, `slim status`,
 //! `slim retry`. They share how to reach the broker and the store ([`ClusterArgs`]).
+//!
+//! The coordinator and workers also serve `/metrics` (Prometheus), `/healthz` and `/readyz`
+//! on `--metrics-addr` ([`serve_telemetry`]); docs/operations.md describes them.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -10,8 +13,9 @@ use slim_shared::queue::amqp::{AmqpConfig, AmqpQueue};
 use slim_shared::queue::{TaskQueue, Topology};
 use slim_shared::stage::Stage;
 use slim_shared::store::{self, Location, S3Settings, Store};
+use slim_shared::telemetry;
 use slim_worker::executor::Registry;
-use slim_worker::serve::{Worker, WorkerConfig};
+use slim_worker::serve::{StopWhen, Worker, WorkerConfig};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,6 +46,11 @@ pub struct ClusterArgs {
     /// Hours a worker may hold one task before the broker takes it back.
     #[arg(long, env = "SLIM_TASK_TIMEOUT_HOURS", default_value_t = 12)]
     pub task_timeout_hours: u64,
+    /// Where to serve /metrics (Prometheus text format), /healthz and /readyz: HOST:PORT (port
+    /// 0 picks a free one), or `off`. Default: 0.0.0.0:9464 for a worker, 0.0.0.0:9465 for
+    /// the coordinator.
+    #[arg(long, env = "SLIM_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 impl ClusterArgs {
@@ -98,6 +107,76 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The default `--metrics-addr` of a worker.
+pub const WORKER_METRICS_ADDR: &str = "0.0.0.0:9464";
+/// The default `--metrics-addr` of the coordinator (another port, so both run on one host).
+pub const COORDINATOR_METRICS_ADDR: &str = "0.0.0.0:9465";
+
+/// Serves `/metrics`, `/healthz` and `/readyz` in the background on `addr` (or `default`),
+/// unless it is `off`. A port already in use is logged and skipped rather than fatal, so
+/// several workers can run on one machine with the default.
+async fn serve_telemetry(addr: Option<&str>, default: &str, role: &str) -> Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    telemetry::register_process(role);
+    let addr = addr.map(str::trim).unwrap_or(default);
+    if matches!(addr.to_ascii_lowercase().as_str(), "off" | "none" | "") {
+        tracing::info!("--metrics-addr off: no /metrics, /healthz or /readyz");
+        return Ok(());
+    }
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                addr,
+                "--metrics-addr {addr} is in use (another slim process here?): serving no /metrics, /healthz or /readyz; pass another --metrics-addr (port 0 picks a free one) or `off`"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("--metrics-addr {addr}: cannot listen there (HOST:PORT or `off`)")
+            });
+        }
+    };
+    let local = listener
+        .local_addr()
+        .context("the metrics listener's address")?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    telemetry::render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|| async {
+                let readiness = telemetry::HEALTH.readiness();
+                let status = if readiness.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, readiness.to_string())
+            }),
+        );
+    tracing::info!(addr = %local, role, "serving /metrics, /healthz and /readyz on http://{local}");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
 /// A receiver that turns true on SIGTERM or SIGINT (Ctrl-C).
 fn shutdown_signal() -> Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -109,6 +188,8 @@ fn shutdown_signal() -> Result<watch::Receiver<bool>> {
             _ = term.recv() => tracing::info!("SIGTERM: finishing the current work, then stopping"),
             _ = int.recv() => tracing::info!("interrupted: finishing the current work, then stopping"),
         }
+        // Not ready from now on: a stopping process takes no new work.
+        telemetry::HEALTH.set_stopping();
         let _ = tx.send(true);
         // Keep the sender alive so receivers see `true`, not a closed channel.
         std::future::pending::<()>().await;
@@ -151,12 +232,32 @@ pub async fn submit(loaded: &LoadedManifest) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `slim coordinator`: drives every job registered in the store until SIGTERM.
-pub async fn coordinator(args: &ClusterArgs, poll: Duration) -> Result<ExitCode> {
+/// `slim coordinator`: drives every job registered in the store until SIGTERM or, with
+/// `until_done`, until none is left.
+pub async fn coordinator(args: &ClusterArgs, poll: Duration, until_done: bool) -> Result<ExitCode> {
     let shutdown = shutdown_signal()?;
+    serve_telemetry(
+        args.metrics_addr.as_deref(),
+        COORDINATOR_METRICS_ADDR,
+        "coordinator",
+    )
+    .await?;
     let rt = args.runtime(1, poll).await?;
-    service::run(rt, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    let options = service::ServiceOptions { until_done };
+    Ok(match service::run_with(rt, shutdown, options).await? {
+        service::Ended::Done {
+            all_succeeded: true,
+        } => ExitCode::SUCCESS,
+        service::Ended::Done {
+            all_succeeded: false,
+        } => {
+            eprintln!("a job failed; `slim status JOB` says why, `slim retry JOB` retries it");
+            ExitCode::FAILURE
+        }
+        // Stopped before the end: a batch run (a Kubernetes Job) must run again to finish.
+        service::Ended::Stopped if until_done => ExitCode::from(2),
+        service::Ended::Stopped => ExitCode::SUCCESS,
+    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -174,6 +275,13 @@ pub struct WorkerArgs {
     /// Seconds the current task may run on after SIGTERM before it is requeued.
     #[arg(long, env = "SLIM_GRACE_SECS", default_value_t = 300)]
     pub grace_secs: u64,
+    /// Stop (exit 0) after settling this many tasks: for one pod per task, e.g. a KEDA
+    /// ScaledJob. 0: no limit.
+    #[arg(long, env = "SLIM_MAX_TASKS", default_value_t = 0)]
+    pub max_tasks: u64,
+    /// Stop (exit 0) after this many seconds without a task. 0: never.
+    #[arg(long, env = "SLIM_IDLE_EXIT_SECS", default_value_t = 0)]
+    pub idle_exit_secs: u64,
 }
 
 /// `slim worker`: serves tasks until SIGTERM, then finishes or requeues the current one.
@@ -197,6 +305,7 @@ pub async fn worker(args: &ClusterArgs, worker: &WorkerArgs) -> Result<ExitCode>
     };
     anyhow::ensure!(worker.prefetch >= 1, "--prefetch must be at least 1");
     let shutdown = shutdown_signal()?;
+    serve_telemetry(args.metrics_addr.as_deref(), WORKER_METRICS_ADDR, "worker").await?;
     let config = WorkerConfig {
         topology: args.topology(worker.prefetch),
         stages,
@@ -204,12 +313,14 @@ pub async fn worker(args: &ClusterArgs, worker: &WorkerArgs) -> Result<ExitCode>
         progress: false,
         concurrency: worker.concurrency.max(1),
     };
-    let worker = Arc::new(Worker::new(
-        args.queue().await?,
-        args.store().await?,
-        registry,
-        config,
-    ));
+    let stop_when = StopWhen {
+        tasks: (worker.max_tasks > 0).then_some(worker.max_tasks),
+        idle: (worker.idle_exit_secs > 0).then(|| Duration::from_secs(worker.idle_exit_secs)),
+    };
+    let worker = Arc::new(
+        Worker::new(args.queue().await?, args.store().await?, registry, config)
+            .stop_when(stop_when),
+    );
     worker.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,14 @@
 //! Helpers shared by the integration tests: running the real `slim` binary, finding the
-//! bundled data, reading outputs with a third-party reader.
+//! bundled data, reading outputs with a third-party reader, and (in [`cluster`]) running
+//! coordinator and worker processes on the real RabbitMQ.
 
 #![allow(dead_code)]
+
+pub mod cluster;
+
+// Not every test binary runs a cluster.
+#[allow(unused_imports)]
+pub use cluster::{Cluster, Metrics, Proc, Role, WAIT, amqp_url, json_lines};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

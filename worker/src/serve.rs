@@ -10,7 +10,13 @@
 //!   at once with the decode error as reason; the worker carries on.
 //!
 //! Shutdown (SIGTERM): stop taking tasks, let the current one finish within the grace period,
-//! else requeue it, and return.
+//! else requeue it, and return. A worker can also stop by itself ([`StopWhen`]: after N tasks,
+//! or when idle), the same way, for one-shot pods such as a KEDA ScaledJob's.
+//!
+//! Observability: every settled delivery is counted in `slim_tasks_total` and timed in
+//! `slim_task_duration_seconds` by stage and result, running tasks in `slim_tasks_in_flight`
+//! ([`slim_shared::telemetry`]); each consumer is registered with the process's readiness;
+//! every log line of a task carries job, stage, shard and attempt (the `task` span).
 
 use crate::executor::{Registry, TaskContext, TaskOutcome, run_task, worker_name};
 use anyhow::{Context, Result};
@@ -20,11 +26,13 @@ use slim_shared::messages::{EventKind, EventMessage, TaskMessage, decode_task};
 use slim_shared::queue::{Delivery, TaskQueue, Topology, next_unless_shutdown, shutdown_requested};
 use slim_shared::stage::Stage;
 use slim_shared::store::Store;
+use slim_shared::telemetry::{self, result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// What a worker does and how.
 #[derive(Debug, Clone)]
@@ -39,6 +47,15 @@ pub struct WorkerConfig {
     /// Tasks of one stage this worker runs at once (1 for compute-bound stages; more for
     /// stages that mostly wait, such as a teacher behind a remote API).
     pub concurrency: usize,
+}
+
+/// When a worker stops by itself, as if asked to shut down. Both off by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopWhen {
+    /// After settling this many deliveries.
+    pub tasks: Option<u64>,
+    /// After this long with no task running.
+    pub idle: Option<Duration>,
 }
 
 /// Tasks a worker settled, by outcome.
@@ -72,6 +89,14 @@ pub struct Worker {
     /// Manifests of jobs seen, by job id: a job's manifest does not change once submitted.
     jobs: Mutex<HashMap<String, Arc<LoadedManifest>>>,
     pub stats: WorkerStats,
+    stop_when: StopWhen,
+    /// Turns true on the caller's shutdown or when [`StopWhen`] says so; the loops watch it.
+    stop: watch::Sender<bool>,
+    /// Deliveries settled, tasks running, and when the last one ended (ms since `born`).
+    settled: AtomicU64,
+    busy: AtomicU64,
+    last_active_ms: AtomicU64,
+    born: Instant,
 }
 
 /// How handling one delivery ended, for the loop.
@@ -96,7 +121,19 @@ impl Worker {
             name: worker_name(),
             jobs: Mutex::new(HashMap::new()),
             stats: WorkerStats::default(),
+            stop_when: StopWhen::default(),
+            stop: watch::channel(false).0,
+            settled: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }
+    }
+
+    /// Stops by itself after some tasks or when idle (see [`StopWhen`]).
+    pub fn stop_when(mut self, stop_when: StopWhen) -> Self {
+        self.stop_when = stop_when;
+        self
     }
 
     /// Serves every configured stage until `shutdown` turns true, then returns.
@@ -112,11 +149,22 @@ impl Worker {
             .declare_tasks(self.queue.as_ref(), &self.config.stages)
             .await
             .context("declaring the task queues")?;
+        // The loops watch `stop`: the caller's shutdown, or this worker's own decision to stop.
+        let mut helpers = tokio::task::JoinSet::new();
+        let worker = self.clone();
+        let mut outside = shutdown.clone();
+        helpers.spawn(async move {
+            shutdown_requested(&mut outside).await;
+            worker.stop.send_replace(true);
+        });
+        if let Some(idle) = self.stop_when.idle {
+            helpers.spawn(self.clone().stop_when_idle(idle));
+        }
         let mut loops = tokio::task::JoinSet::new();
         for &stage in &self.config.stages {
             for _ in 0..self.config.concurrency.max(1) {
                 let worker = self.clone();
-                let shutdown = shutdown.clone();
+                let shutdown = self.stop.subscribe();
                 loops.spawn(async move { worker.serve(stage, shutdown).await });
             }
         }
@@ -133,24 +181,64 @@ impl Worker {
                 result = Err(e);
             }
         }
+        helpers.shutdown().await;
         tracing::info!(worker = %self.name, "worker stopped: {}", self.stats.summary());
         result
     }
 
+    /// Stops the worker once no task has run for `idle`.
+    async fn stop_when_idle(self: Arc<Self>, idle: Duration) {
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let since = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+            let quiet = self.born.elapsed().saturating_sub(since);
+            if self.busy.load(Ordering::Relaxed) == 0 && quiet >= idle {
+                tracing::info!(
+                    idle_secs = idle.as_secs_f64(),
+                    "no task for a while; stopping"
+                );
+                self.stop.send_replace(true);
+                return;
+            }
+        }
+    }
+
+    fn note_active(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Counts a settled delivery; stops the worker when it has settled its share.
+    fn note_settled(&self) {
+        let settled = self.settled.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.stop_when.tasks.is_some_and(|limit| settled >= limit) && !*self.stop.borrow() {
+            tracing::info!(settled, "settled its share of tasks; stopping");
+            self.stop.send_replace(true);
+        }
+    }
+
     async fn serve(&self, stage: Stage, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let queue = self.config.topology.tasks(stage);
+        let consumer = telemetry::HEALTH.consumer(&queue);
         let mut deliveries = self
             .queue
             .consume(&queue)
             .await
             .with_context(|| format!("consuming {queue}"))?;
+        consumer.set_live(deliveries.liveness());
         while let Some(delivery) = next_unless_shutdown(&mut deliveries, &mut shutdown)
             .await
             .with_context(|| format!("receiving from {queue}"))?
         {
-            if let Handled::Interrupted = self.handle(stage, delivery, &mut shutdown).await {
+            self.busy.fetch_add(1, Ordering::Relaxed);
+            let handled = self.handle(stage, delivery, &mut shutdown).await;
+            self.note_active();
+            self.busy.fetch_sub(1, Ordering::Relaxed);
+            if let Handled::Interrupted = handled {
                 break;
             }
+            self.note_settled();
         }
         Ok(())
     }
@@ -161,35 +249,64 @@ impl Worker {
         delivery: Delivery,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Handled {
+        let started = Instant::now();
         let task = match decode_task(delivery.body()) {
             Ok(task) if task.stage == stage.name() => task,
             Ok(task) => {
                 let reason = format!("a {} task on the queue of the {stage} stage", task.stage);
                 self.dead_letter(delivery, &reason).await;
+                telemetry::task_settled(stage.name(), result::REJECTED, started.elapsed());
                 return Handled::Settled;
             }
             Err(e) => {
                 self.dead_letter(delivery, &e.to_string()).await;
+                telemetry::task_settled(stage.name(), result::REJECTED, started.elapsed());
                 return Handled::Settled;
             }
         };
         let attempt = delivery.delivery_count();
+        // Every log line of the task, here and in its executor, carries these fields.
+        let span = tracing::info_span!(
+            "task",
+            job = %task.job_id,
+            stage = %stage,
+            shard = task.shard,
+            attempt
+        );
+        self.handle_task(stage, task, attempt, delivery, shutdown, started)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_task(
+        &self,
+        stage: Stage,
+        task: TaskMessage,
+        attempt: u32,
+        delivery: Delivery,
+        shutdown: &mut watch::Receiver<bool>,
+        started: Instant,
+    ) -> Handled {
+        let _in_flight = telemetry::InFlight::start(stage.name());
         self.publish_event(&task, EventKind::Started);
         let outcome = tokio::select! {
             outcome = self.execute(stage, &task, attempt) => outcome,
             _ = grace_expired(shutdown, self.config.grace) => {
-                tracing::warn!(job = %task.job_id, %stage, shard = task.shard, "shutting down: the task did not finish within the grace period; requeueing it");
+                tracing::warn!("shutting down: the task did not finish within the grace period; requeueing it");
                 if let Err(e) = delivery.nack_requeue().await {
                     tracing::warn!(error = %e, "requeueing failed; the broker will redeliver the task");
                 }
+                telemetry::task_settled(stage.name(), result::INTERRUPTED, started.elapsed());
                 return Handled::Interrupted;
             }
         };
         match outcome {
             Ok(outcome) => {
-                let (marker, counter) = match outcome {
-                    TaskOutcome::Done(marker) => (marker, &self.stats.done),
-                    TaskOutcome::AlreadyDone(marker) => (marker, &self.stats.already_done),
+                let (marker, counter, result) = match outcome {
+                    TaskOutcome::Done(marker) => (marker, &self.stats.done, result::DONE),
+                    TaskOutcome::AlreadyDone(marker) => {
+                        (marker, &self.stats.already_done, result::ALREADY_DONE)
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let finished = EventKind::Finished {
@@ -198,10 +315,14 @@ impl Worker {
                 self.publish_event(&task, finished);
                 if let Err(e) = delivery.ack().await {
                     // The work is done and marked: a redelivery will find the marker.
-                    tracing::warn!(job = %task.job_id, %stage, shard = task.shard, error = %e, "ack failed; the task will be redelivered and skipped");
+                    tracing::warn!(error = %e, "ack failed; the task will be redelivered and skipped");
                 }
+                telemetry::task_settled(stage.name(), result, started.elapsed());
             }
-            Err(e) => self.fail(stage, &task, attempt, delivery, e).await,
+            Err(e) => {
+                let result = self.fail(stage, &task, attempt, delivery, e).await;
+                telemetry::task_settled(stage.name(), result, started.elapsed());
+            }
         }
         Handled::Settled
     }
@@ -219,6 +340,7 @@ impl Worker {
     }
 
     /// Records the error, then requeues the task or, on its last delivery, dead-letters it.
+    /// Returns the result to count it under.
     async fn fail(
         &self,
         stage: Stage,
@@ -226,10 +348,10 @@ impl Worker {
         attempt: u32,
         delivery: Delivery,
         error: anyhow::Error,
-    ) {
+    ) -> &'static str {
         let text = format!("{error:#}");
         let last = attempt >= self.config.topology.delivery_limit;
-        tracing::error!(job = %task.job_id, %stage, shard = task.shard, attempt, last, error = %text, "task failed");
+        tracing::error!(last, error = %text, "task failed");
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         let record = TaskError {
             job_id: task.job_id.clone(),
@@ -258,6 +380,11 @@ impl Worker {
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "settling a failed task failed; the broker will redeliver it");
+        }
+        if last {
+            result::DEAD_LETTERED
+        } else {
+            result::FAILED
         }
     }
 
@@ -314,7 +441,7 @@ impl Worker {
                 tracing::debug!(queue = name, error = %e, "event not delivered");
             }
         };
-        tokio::spawn(send);
+        tokio::spawn(send.in_current_span());
     }
 }
 

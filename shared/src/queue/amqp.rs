@@ -17,7 +17,8 @@
 //!   settled (their settle returns an error); the broker redelivers them.
 
 use super::{
-    Deliveries, Delivery, QueueError, QueueOptions, Result, Settle, Settlement, TaskQueue, dlq_name,
+    Deliveries, Delivery, Liveness, QueueError, QueueOptions, Result, Settle, Settlement,
+    TaskQueue, dlq_name,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -212,6 +213,7 @@ impl Inner {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        crate::telemetry::AMQP_CONNECTIONS.inc(&[]);
         Ok(Link {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             conn,
@@ -445,6 +447,7 @@ impl TaskQueue for AmqpQueue {
             queue: queue.to_owned(),
             prefetch,
             current: None,
+            live: Arc::default(),
         };
         deliveries.subscribe().await?;
         Ok(Box::new(deliveries))
@@ -505,7 +508,13 @@ struct AmqpDeliveries {
     queue: String,
     prefetch: u16,
     current: Option<Subscription>,
+    /// The current subscription's connection and channel, for [`Deliveries::liveness`]
+    /// (which may be asked while `next` holds `self`).
+    live: Arc<StdMutex<Option<LiveSubscription>>>,
 }
+
+/// The connection and channel of a consumer's current subscription.
+type LiveSubscription = (Arc<Link>, Channel);
 
 impl AmqpDeliveries {
     async fn subscribe(&mut self) -> Result<()> {
@@ -541,6 +550,8 @@ impl AmqpDeliveries {
                 })
             })
             .await?;
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((sub.link.clone(), sub.channel.clone()));
         self.current = Some(sub);
         Ok(())
     }
@@ -548,6 +559,18 @@ impl AmqpDeliveries {
 
 #[async_trait]
 impl Deliveries for AmqpDeliveries {
+    fn liveness(&self) -> Liveness {
+        let live = self.live.clone();
+        Arc::new(move || {
+            live.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|(link, channel)| {
+                    link.conn.status().connected() && channel.status().connected()
+                })
+        })
+    }
+
     async fn next(&mut self) -> Result<Delivery> {
         let mut delay = self.inner.config.backoff_initial;
         loop {
@@ -594,6 +617,7 @@ impl Deliveries for AmqpDeliveries {
             }
             // Re-subscribe on a healthy connection (which `subscribe` reconnects as needed);
             // a deleted queue makes `subscribe` fail with `NoSuchQueue`.
+            *self.live.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.current = None;
             tokio::time::sleep(jittered(delay)).await;
             delay = (delay * 2).min(self.inner.config.backoff_max);

@@ -22,6 +22,7 @@ mod topology;
 pub use topology::Topology;
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The name of `queue`'s dead-letter queue.
@@ -121,7 +122,17 @@ pub trait Deliveries: Send {
     /// Waits for the next delivery. Errors when the queue is gone or the broker stays
     /// unreachable; a dropped connection alone is recovered from (the consumer re-subscribes).
     async fn next(&mut self) -> Result<Delivery>;
+
+    /// A check, callable from anywhere at any time, of whether this consumer is subscribed on
+    /// a live connection right now (false while it reconnects). For readiness probes. The
+    /// in-process queue is always live.
+    fn liveness(&self) -> Liveness {
+        Arc::new(|| true)
+    }
 }
+
+/// See [`Deliveries::liveness`].
+pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Resolves once `shutdown` turns true. A dropped sender means nobody can ask for a shutdown any
 /// more: then it never resolves.

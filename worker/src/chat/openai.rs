@@ -221,6 +221,11 @@ impl OpenAiChat {
                         answer.prompt_tokens = prompt_chars.div_ceil(4) as u32;
                         answer.completion_tokens = estimate_tokens(&answer.content) as u32;
                     }
+                    slim_shared::telemetry::teacher_answer(
+                        answer.prompt_tokens,
+                        answer.completion_tokens,
+                        latency,
+                    );
                     return Ok(answer);
                 }
                 Err(Failure::Permanent(error)) => return Err(error),
@@ -240,6 +245,7 @@ impl OpenAiChat {
                         None => self.backoff(retries),
                     };
                     retries += 1;
+                    slim_shared::telemetry::teacher_retry();
                     warn!(
                         url = %self.url,
                         retry = retries,
@@ -270,11 +276,12 @@ impl OpenAiChat {
             request = request.header(AUTHORIZATION, auth.clone());
         }
         // reqwest's errors name the URL and the cause, never the headers.
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transient(describe(&e), None))?;
+        let response = request.send().await.map_err(|e| {
+            slim_shared::telemetry::teacher_request("transport");
+            transient(describe(&e), None)
+        })?;
         let status = response.status();
+        slim_shared::telemetry::teacher_request(status.as_str());
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
