@@ -473,3 +473,108 @@ pub async fn generate(args: &GenerateBenchArgs) -> Result<()> {
     })
     .await?
 }
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FinetuneBenchArgs {
+    /// Base model (GGUF file or Hugging Face folder). Default: SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Tokens per sequence (every sequence has exactly this many; the answer is the last half).
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed optimizer steps (after one warm-up step).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA target projections, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o")]
+    pub targets: Vec<String>,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// LoRA training tokens/s and peak memory on the real base model, with the settings
+/// benches/finetune_peer.py gives PyTorch + PEFT.
+pub async fn finetune(args: &FinetuneBenchArgs) -> Result<()> {
+    use slim_worker::backend::Train;
+    use slim_worker::llm::finetune::{Example, FinetuneConfig, finetune};
+    use slim_worker::llm::lora::{LoraAdapters, LoraConfig, Target};
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || {
+        let model = args
+            .model
+            .clone()
+            .unwrap_or_else(slim_worker::llm::default_model_path);
+        let device = slim_worker::backend::device();
+        let engine = slim_worker::llm::Engine::<Train>::load(&model, &device)?;
+        let text = "Recommend the next video game for a player who recently bought a racing wheel, \
+                    two open-world adventure games, a rhythm game and a puzzle collection. Explain \
+                    the player's preferences, the categories and brands they favour, and which items fit.";
+        let base = engine.tokenizer.encode(text)?;
+        let half = args.seq_len / 2;
+        let example = |row: usize| {
+            let ids: Vec<u32> = (0..args.seq_len)
+                .map(|i| base[(i + row * 7) % base.len()])
+                .collect();
+            Example {
+                prompt: ids[..half].to_vec(),
+                answer: ids[half..].to_vec(),
+            }
+        };
+        let lora = LoraConfig {
+            rank: args.rank,
+            alpha: 2.0 * args.rank as f32,
+            dropout: 0.0,
+            targets: args
+                .targets
+                .iter()
+                .map(|t| Target::parse(t))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let config = FinetuneConfig {
+            learning_rate: 1e-4,
+            epochs: 1,
+            batch_size: args.batch,
+            accumulation: 1,
+            warmup_steps: 1,
+            max_seq_len: args.seq_len,
+            seed: 1,
+            ..FinetuneConfig::default()
+        };
+        let examples: Vec<Example> = (0..args.steps * args.batch).map(example).collect();
+        let adapters = LoraAdapters::init(&engine.model, &lora, 1, &device)?;
+        // Warm-up: one step pays allocation and thread-pool start-up.
+        let (adapters, _) = finetune(&engine.model, adapters, &examples[..args.batch], &[], &config)?;
+        let started = std::time::Instant::now();
+        let (_, history) = finetune(&engine.model, adapters, &examples, &[], &config)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let tokens = (args.steps * args.batch * args.seq_len) as f64;
+        let result = serde_json::json!({
+            "tool": "slim",
+            "backend": slim_worker::backend::NAME,
+            "model": model.display().to_string(),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "seq_len": args.seq_len,
+            "batch": args.batch,
+            "steps": history.len(),
+            "rank": args.rank,
+            "targets": args.targets,
+            "train_tokens_per_sec": tokens / seconds,
+            "seconds_per_step": seconds / args.steps as f64,
+            "last_loss": history.last().map(|p| p.train_loss),
+            "peak_rss_mib": peak_rss_mib(),
+        });
+        println!("{result}");
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&result)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    })
+    .await?
+}

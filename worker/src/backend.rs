@@ -19,6 +19,9 @@ compile_error!("slim-worker needs a backend: enable the `flex` (CPU) or `cuda` f
 
 pub use selected::{Backend, NAME};
 
+/// The selected backend with automatic differentiation, for training (LoRA adapters).
+pub type Train = burn::backend::Autodiff<Backend>;
+
 /// The default device of the selected backend.
 pub fn device() -> burn::tensor::Device<Backend> {
     Default::default()

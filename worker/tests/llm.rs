@@ -175,3 +175,151 @@ fn smollm2_answers_a_chat_and_stops_at_the_end_of_its_turn() {
     assert_eq!(completion[0], completion[1]);
     assert!(!completion[0].text.contains("<|im_end|>"));
 }
+
+/// The tiny Llama and PEFT adapter of scripts/peft_reference.py.
+mod peft {
+    use super::*;
+    use slim_worker::llm::config::LlamaConfig;
+    use slim_worker::llm::lora::{LoraAdapters, LoraConfig, Target};
+    use slim_worker::llm::model::Llama;
+    use slim_worker::llm::weights::SafetensorsDir;
+    use std::path::Path;
+
+    /// f32 on both sides over a 2-layer model: the only difference is summation order.
+    const TOLERANCE: f32 = 1e-4;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft_tiny")
+    }
+
+    fn base() -> Llama<Backend> {
+        let base = dir().join("base");
+        let config = LlamaConfig::from_hf_json(&base.join("config.json")).unwrap();
+        Llama::load(config, &SafetensorsDir::open(&base).unwrap(), &device()).unwrap()
+    }
+
+    fn logits(
+        model: &Llama<Backend>,
+        ids: &[u32],
+        adapters: Option<&LoraAdapters<Backend>>,
+    ) -> Vec<f32> {
+        model
+            .forward_adapted(&[ids.to_vec()], adapters)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    }
+
+    fn close(name: &str, got: &[f32], want: &Value) {
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}: logit count");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < TOLERANCE, "{name}: max |slim - torch| = {worst}");
+    }
+
+    fn input_ids(reference: &Value) -> Vec<u32> {
+        reference["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    #[test]
+    fn an_adapter_saved_by_peft_gives_peft_logits_in_slim() {
+        let reference = fixture("peft_tiny/reference.json");
+        let ids = input_ids(&reference);
+        let mut model = base();
+        close(
+            "base",
+            &logits(&model, &ids, None),
+            &reference["base_logits"],
+        );
+        let (adapters, config) =
+            LoraAdapters::load_peft(&dir().join("adapter"), &model, &device()).unwrap();
+        assert_eq!(config.rank, 4);
+        let mut targets = config.targets.clone();
+        targets.sort_by_key(|t| Target::ALL.iter().position(|a| a == t));
+        assert_eq!(targets, Target::ALL.to_vec());
+        close(
+            "adapted",
+            &logits(&model, &ids, Some(&adapters)),
+            &reference["adapted_logits"],
+        );
+        model.merge(&adapters).unwrap();
+        close(
+            "merged",
+            &logits(&model, &ids, None),
+            &reference["merged_logits"],
+        );
+    }
+
+    /// Exports an adapter with slim for `scripts/peft_reference.py check` (run by hand):
+    /// `{CARGO_TARGET_TMPDIR}/peft_export/{adapter,expected.json}` beside the fixture's base.
+    #[test]
+    fn slim_exports_a_peft_adapter_that_round_trips() {
+        let model = base();
+        let config = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: vec![Target::Q, Target::V, Target::Down],
+        };
+        let mut adapters = LoraAdapters::init(&model, &config, 5, &device()).unwrap();
+        // Non-zero B, or the adapter would be a no-op and prove nothing.
+        for layer in &mut adapters.layers {
+            for pair in [&mut layer.q, &mut layer.v, &mut layer.down]
+                .into_iter()
+                .flatten()
+            {
+                let b = pair.b.val();
+                pair.b = burn::module::Param::from_tensor(
+                    b.random_like(burn::tensor::Distribution::Normal(0.0, 0.3)),
+                );
+            }
+        }
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("peft_export");
+        let adapter_dir = out.join("adapter");
+        adapters
+            .save_peft(&adapter_dir, &config, "peft_tiny/base")
+            .unwrap();
+        let ids: Vec<u32> = vec![1, 17, 42, 99, 3, 64, 5, 120];
+        let expected = logits(&model, &ids, Some(&adapters));
+        assert!(
+            expected != logits(&model, &ids, None),
+            "the adapter changes the logits"
+        );
+
+        let (loaded, loaded_config) =
+            LoraAdapters::load_peft(&adapter_dir, &model, &device()).unwrap();
+        assert_eq!(loaded_config, config);
+        let worst = logits(&model, &ids, Some(&loaded))
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "reloaded adapter logits differ by {worst}");
+        let rows: Vec<&[f32]> = expected.chunks(model.config.vocab_size).collect();
+        std::fs::write(
+            out.join("expected.json"),
+            serde_json::json!({ "input_ids": ids, "logits": rows }).to_string(),
+        )
+        .unwrap();
+    }
+}

@@ -105,6 +105,29 @@ impl LlamaConfig {
             "{}: model_type {model_type:?} is not supported (slim runs Llama-family models)",
             path.display()
         );
+        // transformers 5 writes RoPE settings as `rope_parameters`, older versions as
+        // `rope_theta` (+ `rope_scaling`); scaled RoPE variants are not implemented.
+        let mut raw = raw;
+        for key in ["rope_parameters", "rope_scaling"] {
+            let Some(rope) = raw.get(key).filter(|v| !v.is_null()).cloned() else {
+                continue;
+            };
+            let kind = rope
+                .get("rope_type")
+                .or_else(|| rope.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("default");
+            ensure!(
+                kind == "default",
+                "{}: {key} of type {kind:?} is not supported (slim implements plain RoPE)",
+                path.display()
+            );
+            if let Some(theta) = rope.get("rope_theta").cloned()
+                && raw.get("rope_theta").is_none()
+            {
+                raw["rope_theta"] = theta;
+            }
+        }
         let config: Self = serde_path_to_error::deserialize(raw)
             .with_context(|| format!("{}: not a Llama config", path.display()))?;
         config

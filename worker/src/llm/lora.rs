@@ -7,13 +7,29 @@
 //! `adapter_config.json`), so Python users load them with `peft`.
 
 use super::model::Llama;
-use super::weights::{NamedTensor, tensor_values, write_f32_safetensors};
+use super::weights::{NamedTensor, f32_safetensors_bytes, tensor_values};
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The file names of an adapter in PEFT's layout.
+pub const PEFT_WEIGHTS: &str = "adapter_model.safetensors";
+pub const PEFT_CONFIG: &str = "adapter_config.json";
+
+/// An adapter's two files in PEFT's layout, in memory.
+#[derive(Debug, Clone)]
+pub struct PeftFiles {
+    /// `adapter_model.safetensors`.
+    pub weights: Vec<u8>,
+    /// `adapter_config.json`.
+    pub config: String,
+}
 
 /// A projection an adapter can attach to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,8 +115,19 @@ pub struct LoraPair<B: Backend> {
 }
 
 impl<B: Backend> LoraPair<B> {
-    /// The update to add to the base projection's output for `x` `[rows, in]`.
-    pub fn delta(&self, x: Tensor<B, 2>, scale: f32) -> Tensor<B, 2> {
+    /// The update to add to the base projection's output for `x` `[rows, in]`, with inverted
+    /// dropout on `x` when `dropout` gives a probability and the RNG to draw masks from.
+    pub fn delta(&self, x: Tensor<B, 2>, scale: f32, dropout: Option<&Dropout>) -> Tensor<B, 2> {
+        let x = match dropout {
+            Some(dropout) => {
+                let [rows, columns] = x.dims();
+                let keep = dropout.mask(rows * columns);
+                let keep =
+                    Tensor::<B, 2>::from_data(TensorData::new(keep, [rows, columns]), &x.device());
+                (x * keep).div_scalar(1.0 - dropout.probability)
+            }
+            None => x,
+        };
         x.matmul(self.a.val())
             .matmul(self.b.val())
             .mul_scalar(scale)
@@ -163,6 +190,38 @@ pub struct LoraAdapters<B: Backend> {
     pub layers: Vec<LayerAdapters<B>>,
     #[module(skip)]
     pub scale: f32,
+    /// Dropout on the adapters' input while training (PEFT's `lora_dropout`).
+    #[module(skip)]
+    pub dropout: f32,
+    /// Set by the training loop around each training forward pass only (validation and
+    /// inference see the adapters as they are), with an RNG seeded for that step.
+    #[module(skip)]
+    pub training: Option<Dropout>,
+}
+
+/// Dropout masks drawn from a seeded RNG of their own: the same (seed, forward pass) gives
+/// the same masks whatever else runs, so a resumed training run repeats its steps exactly.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    pub probability: f32,
+    rng: Arc<Mutex<ChaCha8Rng>>,
+}
+
+impl Dropout {
+    pub fn new(probability: f32, seed: u64) -> Self {
+        Self {
+            probability,
+            rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
+        }
+    }
+
+    /// `n` keep-factors, 0 with the dropout probability and 1 otherwise.
+    fn mask(&self, n: usize) -> Vec<f32> {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        (0..n)
+            .map(|_| f32::from(u8::from(rng.random::<f32>() >= self.probability)))
+            .collect()
+    }
 }
 
 /// `[in, out]` of a target's projection in `model`.
@@ -179,10 +238,21 @@ fn projection_shape<B: Backend>(model: &Llama<B>, target: Target) -> (usize, usi
 }
 
 impl<B: Backend> LoraAdapters<B> {
-    /// Fresh adapters for `model`: `A` uniform in ±1/sqrt(in) (seeded by the backend's RNG;
-    /// call `B::seed` first), `B` zero, so training starts from the base model exactly (PEFT's
-    /// initialisation).
-    pub fn init(model: &Llama<B>, config: &LoraConfig, device: &Device<B>) -> Result<Self> {
+    /// The dropout that applies now: none unless training with a non-zero probability.
+    pub fn active_dropout(&self) -> Option<&Dropout> {
+        self.training.as_ref().filter(|d| d.probability > 0.0)
+    }
+
+    /// Fresh adapters for `model`: `A` uniform in ±1/sqrt(in), drawn from `seed` alone (not the
+    /// backend's shared RNG, so concurrent work cannot change them), `B` zero, so training
+    /// starts from the base model exactly (PEFT's initialisation).
+    pub fn init(
+        model: &Llama<B>,
+        config: &LoraConfig,
+        seed: u64,
+        device: &Device<B>,
+    ) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         ensure!(config.rank > 0, "LoRA rank must be at least 1");
         ensure!(
             !config.targets.is_empty(),
@@ -193,11 +263,13 @@ impl<B: Backend> LoraAdapters<B> {
             let mut layer = LayerAdapters::empty();
             for &target in &config.targets {
                 let (input, output) = projection_shape(model, target);
-                let bound = 1.0 / (input as f64).sqrt();
+                let bound = 1.0 / (input as f32).sqrt();
+                let values: Vec<f32> = (0..input * config.rank)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
                 *layer.slot(target) = Some(LoraPair {
-                    a: Param::from_tensor(Tensor::random(
-                        [input, config.rank],
-                        Distribution::Uniform(-bound, bound),
+                    a: Param::from_tensor(Tensor::from_data(
+                        TensorData::new(values, [input, config.rank]),
                         device,
                     )),
                     b: Param::from_tensor(Tensor::zeros([config.rank, output], device)),
@@ -208,6 +280,8 @@ impl<B: Backend> LoraAdapters<B> {
         Ok(Self {
             layers,
             scale: config.scale(),
+            dropout: config.dropout,
+            training: None,
         })
     }
 
@@ -232,6 +306,19 @@ impl<B: Backend> LoraAdapters<B> {
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (PEFT layout).
     pub fn save_peft(&self, dir: &Path, config: &LoraConfig, base_model: &str) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let files = self.to_peft(config, base_model)?;
+        for (name, bytes) in [
+            (PEFT_WEIGHTS, files.weights),
+            (PEFT_CONFIG, files.config.into_bytes()),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The two files of the PEFT layout, in memory (the distill stage writes them to a store).
+    pub fn to_peft(&self, config: &LoraConfig, base_model: &str) -> Result<PeftFiles> {
         let mut tensors: Vec<NamedTensor> = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             for target in Target::ALL {
@@ -245,7 +332,6 @@ impl<B: Backend> LoraAdapters<B> {
                 }
             }
         }
-        write_f32_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
         let peft_config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -258,35 +344,69 @@ impl<B: Backend> LoraAdapters<B> {
             "inference_mode": true,
             "target_modules": config.targets.iter().map(|t| t.module_name()).collect::<Vec<_>>(),
         });
-        let config_path = dir.join("adapter_config.json");
-        std::fs::write(&config_path, serde_json::to_string_pretty(&peft_config)?)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        Ok(())
+        Ok(PeftFiles {
+            weights: f32_safetensors_bytes(&tensors)?,
+            config: serde_json::to_string_pretty(&peft_config)?,
+        })
     }
 
-    /// Reads a PEFT LoRA adapter directory for `model`.
+    /// Reads a PEFT LoRA adapter directory for `model` (`adapter_model.safetensors` and
+    /// `adapter_config.json`; slim's job layout names them `adapter.safetensors` and
+    /// `adapter.json`, which are accepted too).
     pub fn load_peft(
         dir: &Path,
         model: &Llama<B>,
         device: &Device<B>,
     ) -> Result<(Self, LoraConfig)> {
-        let config_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&config_path)
+        let pick = |names: [&str; 2]| {
+            let paths = names.map(|n| dir.join(n));
+            paths
+                .iter()
+                .find(|p| p.exists())
+                .cloned()
+                .unwrap_or_else(|| paths[0].clone())
+        };
+        let config_path = pick([PEFT_CONFIG, "adapter.json"]);
+        let weights_path = pick([PEFT_WEIGHTS, "adapter.safetensors"]);
+        let config = std::fs::read_to_string(&config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let raw: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not JSON", config_path.display()))?;
+        let weights = std::fs::read(&weights_path)
+            .with_context(|| format!("reading {}", weights_path.display()))?;
+        Self::from_peft(
+            &weights,
+            &config,
+            (
+                &weights_path.display().to_string(),
+                &config_path.display().to_string(),
+            ),
+            model,
+            device,
+        )
+    }
+
+    /// Reads the two files of a PEFT adapter from memory; `names` (weights, config) name them
+    /// in errors.
+    pub fn from_peft(
+        weights: &[u8],
+        config: &str,
+        names: (&str, &str),
+        model: &Llama<B>,
+        device: &Device<B>,
+    ) -> Result<(Self, LoraConfig)> {
+        let (weights_name, config_name) = names;
+        let raw: serde_json::Value =
+            serde_json::from_str(config).with_context(|| format!("{config_name}: not JSON"))?;
         let field = |key: &str| {
             raw.get(key)
-                .with_context(|| format!("{}: no {key}", config_path.display()))
+                .with_context(|| format!("{config_name}: no {key}"))
         };
         let peft_type = field("peft_type")?.as_str().unwrap_or_default();
         ensure!(
             peft_type == "LORA",
-            "{}: peft_type {peft_type:?} is not LORA",
-            config_path.display()
+            "{config_name}: peft_type {peft_type:?} is not LORA"
         );
         if let Some(true) = raw.get("use_rslora").and_then(|v| v.as_bool()) {
-            bail!("{}: rsLoRA scaling is not supported", config_path.display());
+            bail!("{config_name}: rsLoRA scaling is not supported");
         }
         let targets = match field("target_modules")? {
             serde_json::Value::Array(names) => names
@@ -294,41 +414,39 @@ impl<B: Backend> LoraAdapters<B> {
                 .map(|n| Target::parse(n.as_str().unwrap_or_default()))
                 .collect::<Result<Vec<_>>>(),
             serde_json::Value::String(name) => Target::parse(name).map(|t| vec![t]),
-            other => bail!(
-                "{}: target_modules {other} is not a list",
-                config_path.display()
-            ),
+            other => bail!("{config_name}: target_modules {other} is not a list"),
         }
-        .with_context(|| config_path.display().to_string())?;
+        .with_context(|| config_name.to_string())?;
         let config = LoraConfig {
-            rank: field("r")?.as_u64().context("r is not an integer")? as usize,
+            rank: field("r")?
+                .as_u64()
+                .with_context(|| format!("{config_name}: r is not an integer"))?
+                as usize,
             alpha: field("lora_alpha")?
                 .as_f64()
-                .context("lora_alpha is not a number")? as f32,
+                .with_context(|| format!("{config_name}: lora_alpha is not a number"))?
+                as f32,
             dropout: raw
                 .get("lora_dropout")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(0.0) as f32,
             targets,
         };
-        let weights_path = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&weights_path)
-            .with_context(|| format!("reading {}", weights_path.display()))?;
-        let tensors = safetensors::SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{}: not a safetensors file", weights_path.display()))?;
+        let tensors = safetensors::SafeTensors::deserialize(weights)
+            .with_context(|| format!("{weights_name}: not a safetensors file"))?;
+        let weights_path = Path::new(weights_name);
         let read = |name: &str, shape: [usize; 2]| -> Result<Tensor<B, 2>> {
             // PEFT sometimes saves names with the adapter name (".default") in them.
             let view = tensors
                 .tensor(name)
                 .or_else(|_| tensors.tensor(&name.replace(".weight", ".default.weight")))
-                .with_context(|| format!("{}: no tensor {name}", weights_path.display()))?;
+                .with_context(|| format!("{weights_name}: no tensor {name}"))?;
             ensure!(
                 view.shape() == shape,
-                "{}: {name} has shape {:?}, expected {shape:?}",
-                weights_path.display(),
+                "{weights_name}: {name} has shape {:?}, expected {shape:?}",
                 view.shape()
             );
-            let values = crate::weights::view_to_f32(&view, name, &weights_path)?;
+            let values = crate::weights::view_to_f32(&view, name, weights_path)?;
             // Stored [out, in]; ours are [in, out].
             Ok(Tensor::<B, 2>::from_data(TensorData::new(values, shape), device).transpose())
         };
@@ -354,6 +472,8 @@ impl<B: Backend> LoraAdapters<B> {
             Self {
                 layers,
                 scale: config.scale(),
+                dropout: config.dropout,
+                training: None,
             },
             config,
         ))

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod quant;
+pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 
@@ -111,6 +112,24 @@ impl<B: Backend> Engine<B> {
         self.tokenizer.encode(&text)
     }
 
+    /// The token that closes an assistant turn in this model's chat format (`<|im_end|>`,
+    /// `<|eot_id|>`, ...), else its end-of-sequence token.
+    pub fn turn_end_token(&self) -> Option<u32> {
+        TURN_ENDS
+            .iter()
+            .find_map(|end| self.tokenizer.token_to_id(end))
+            .or_else(|| self.tokenizer.eos.first().copied())
+    }
+
+    /// A training pair for instruction tuning: `user` as a chat prompt with the assistant turn
+    /// opened, and `answer` closed by the turn's end token, so the model learns to stop.
+    pub fn example(&self, user: &str, answer: &str) -> Result<finetune::Example> {
+        let prompt = self.prompt_ids(&Prompt::Chat(vec![Message::new("user", user)]))?;
+        let mut answer = self.tokenizer.encode(answer)?;
+        answer.extend(self.turn_end_token());
+        Ok(finetune::Example { prompt, answer })
+    }
+
     /// Generates for every prompt, `batch_size` at a time (prompts of similar length share a
     /// batch to waste little on padding); results come back in the order of `prompts`.
     pub fn generate(
@@ -127,6 +146,8 @@ impl<B: Backend> Engine<B> {
             let started = std::time::Instant::now();
             let generated = generate_batch(&self.model, &batch, sampling, &self.stop_tokens)?;
             let new_tokens: usize = generated.iter().map(|g| g.tokens.len()).sum();
+            let prompt_tokens = batch.iter().map(Vec::len).sum();
+            slim_shared::telemetry::generated(prompt_tokens, new_tokens, started.elapsed());
             debug!(
                 prompts = batch.len(),
                 new_tokens,

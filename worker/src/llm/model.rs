@@ -249,14 +249,14 @@ impl<B: Backend> Llama<B> {
 
         for (layer, (block, cached)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate()
         {
-            let adapters = adapters.map(|a| (&a.layers[layer], a.scale));
+            let adapters = adapters.map(|a| (&a.layers[layer], (a.scale, a.active_dropout())));
             // The base projection plus the target's adapter, when there is one.
             let project =
                 |projection: &Projection<B>, target: Target, x: Tensor<B, 2>| match adapters
                     .and_then(|(layer, scale)| layer.get(target).map(|p| (p, scale)))
                 {
-                    Some((pair, scale)) => {
-                        projection.forward(x.clone(), fast) + pair.delta(x, scale)
+                    Some((pair, (scale, dropout))) => {
+                        projection.forward(x.clone(), fast) + pair.delta(x, scale, dropout)
                     }
                     None => projection.forward(x, fast),
                 };
@@ -331,6 +331,22 @@ impl<B: Backend> Llama<B> {
         sequences: &[Vec<u32>],
         adapters: Option<&LoraAdapters<B>>,
     ) -> Result<Tensor<B, 3>> {
+        let hidden = self.hidden_states(sequences, adapters)?;
+        let (batch, len) = (sequences.len(), hidden.dims()[0] / sequences.len());
+        Ok(self
+            .logits(hidden)
+            .reshape([batch, len, self.config.vocab_size]))
+    }
+
+    /// The final (normed) hidden states `[batch * len, hidden]` of right-padded sequences, row
+    /// `b * len + p` for position `p` of sequence `b`: what [`Llama::logits`] turns into logits.
+    /// Training takes the logits of the positions it scores only, which saves most of the
+    /// vocabulary projection.
+    pub fn hidden_states(
+        &self,
+        sequences: &[Vec<u32>],
+        adapters: Option<&LoraAdapters<B>>,
+    ) -> Result<Tensor<B, 2>> {
         let batch = sequences.len();
         let len = sequences.iter().map(Vec::len).max().unwrap_or(0);
         ensure!(
@@ -351,10 +367,7 @@ impl<B: Backend> Llama<B> {
             positions: Tensor::from_data(TensorData::new(positions, [batch, len]), &self.device),
             mask_bias: mask,
         };
-        let hidden = self.step_adapted(input, &mut self.new_cache(), adapters);
-        Ok(self
-            .logits(hidden)
-            .reshape([batch, len, self.config.vocab_size]))
+        Ok(self.step_adapted(input, &mut self.new_cache(), adapters))
     }
 
     /// Adds `adapters` into the base weights for inference at base-model speed. The merged

@@ -249,6 +249,30 @@ fn unsupported_checkpoints_get_clear_errors() {
         "{err}"
     );
 
+    let llama = |rope: &str| {
+        format!(
+            r#"{{"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, {rope}}}"#
+        )
+    };
+    std::fs::write(
+        &path,
+        llama(r#""rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}"#),
+    )
+    .unwrap();
+    assert_eq!(
+        LlamaConfig::from_hf_json(&path).unwrap().rope_theta,
+        500000.0,
+        "transformers 5 keeps rope_theta in rope_parameters"
+    );
+    std::fs::write(
+        &path,
+        llama(r#""rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#),
+    )
+    .unwrap();
+    let err = LlamaConfig::from_hf_json(&path).unwrap_err().to_string();
+    assert!(err.contains("llama3"), "{err}");
+
     let config = tiny_config(true);
     let mut weights = MemoryWeights::random(&config, 1);
     weights.tensors.remove(&hf_names::Layer(1).up());
@@ -265,7 +289,7 @@ mod lora {
     use burn::backend::Autodiff;
     use burn::module::Param;
     use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-    use burn::tensor::{Distribution, Int, TensorData};
+    use burn::tensor::{Int, TensorData};
 
     type Train = Autodiff<Backend>;
 
@@ -278,19 +302,22 @@ mod lora {
         }
     }
 
-    /// Adapters with a non-zero B, so they change the output.
+    /// Adapters with a non-zero B, so they change the output; the same on every call.
     fn random_adapters<B: burn::tensor::backend::Backend>(model: &Llama<B>) -> LoraAdapters<B> {
-        B::seed(&model.device().clone(), 21);
-        let mut adapters = LoraAdapters::init(model, &config(), model.device()).unwrap();
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+        let mut adapters = LoraAdapters::init(model, &config(), 21, model.device()).unwrap();
         for layer in &mut adapters.layers {
             for pair in [&mut layer.q, &mut layer.v, &mut layer.down]
                 .into_iter()
                 .flatten()
             {
                 let shape = pair.b.val().dims();
-                pair.b = Param::from_tensor(Tensor::random(
-                    shape,
-                    Distribution::Uniform(-0.3, 0.3),
+                let values: Vec<f32> = (0..shape[0] * shape[1])
+                    .map(|_| rng.random_range(-0.3..0.3))
+                    .collect();
+                pair.b = Param::from_tensor(Tensor::from_data(
+                    TensorData::new(values, shape),
                     model.device(),
                 ));
             }
@@ -309,7 +336,7 @@ mod lora {
         .unwrap();
         let tokens = vec![vec![1, 5, 9, 30], vec![7, 8]];
         let base = values(model.forward(&tokens).unwrap());
-        let fresh = LoraAdapters::init(&model, &self::config(), &device()).unwrap();
+        let fresh = LoraAdapters::init(&model, &self::config(), 0, &device()).unwrap();
         assert_eq!(
             values(model.forward_adapted(&tokens, Some(&fresh)).unwrap()),
             base
@@ -484,7 +511,10 @@ mod lora {
 
 mod finetune {
     use super::*;
-    use crate::llm::finetune::{Example, FinetuneConfig, answer_loss, finetune, learning_rate_at};
+    use crate::llm::finetune::{
+        Checkpoint, Example, FinetuneConfig, TrainingHooks, answer_loss, finetune, finetune_with,
+        learning_rate_at,
+    };
     use crate::llm::lora::{LoraAdapters, LoraConfig, Target};
     use burn::backend::Autodiff;
     use burn::tensor::ElementConversion;
@@ -502,14 +532,13 @@ mod finetune {
     }
 
     fn adapters(model: &Llama<Train>) -> LoraAdapters<Train> {
-        <Train as burn::tensor::backend::Backend>::seed(&device(), 3);
         let config = LoraConfig {
             rank: 8,
             alpha: 16.0,
             dropout: 0.0,
             targets: Target::ALL.to_vec(),
         };
-        LoraAdapters::init(model, &config, &device()).unwrap()
+        LoraAdapters::init(model, &config, 3, &device()).unwrap()
     }
 
     #[test]
@@ -595,6 +624,189 @@ mod finetune {
             "one optimizer step per two batches of four"
         );
         assert!(history.last().unwrap().validation_loss.unwrap() < 0.1);
+    }
+
+    /// Every adapter value, for exact comparisons.
+    fn adapter_values(adapters: &LoraAdapters<Train>) -> Vec<f32> {
+        let mut values = Vec::new();
+        for layer in &adapters.layers {
+            for target in Target::ALL {
+                if let Some(pair) = layer.get(target) {
+                    for t in [pair.a.val(), pair.b.val()] {
+                        values.extend(t.into_data().to_vec::<f32>().unwrap());
+                    }
+                }
+            }
+        }
+        values
+    }
+
+    fn resume_examples() -> Vec<Example> {
+        (0..10u32)
+            .map(|i| Example {
+                prompt: vec![1, 10 + i, 3, 4 + i % 3],
+                answer: vec![20 + (i * 7) % 40, 30 + i, 2],
+            })
+            .collect()
+    }
+
+    fn resume_config() -> FinetuneConfig {
+        FinetuneConfig {
+            learning_rate: 1e-2,
+            epochs: 3,
+            batch_size: 2,
+            accumulation: 2,
+            warmup_steps: 2,
+            seed: 11,
+            ..FinetuneConfig::default()
+        }
+    }
+
+    fn dropout_adapters(model: &Llama<Train>) -> LoraAdapters<Train> {
+        let mut adapters = adapters(model);
+        adapters.dropout = 0.1;
+        adapters
+    }
+
+    #[test]
+    fn a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_same_adapters() {
+        let model = model();
+        let (examples, config) = (resume_examples(), resume_config());
+        let (train, validation) = examples.split_at(8);
+        // 8 examples in batches of 2, two batches a step: 2 steps an epoch, 6 in all.
+        let (uninterrupted, full_history) =
+            finetune(&model, dropout_adapters(&model), train, validation, &config).unwrap();
+        assert_eq!(full_history.len(), 6);
+
+        // A run "killed" right after its checkpoint at step 3 (mid-epoch: step 3 of 2-step
+        // epochs), as a process dies after writing it.
+        let mut saved: Option<Checkpoint> = None;
+        let killed = finetune_with(
+            &model,
+            dropout_adapters(&model),
+            train,
+            validation,
+            &config,
+            TrainingHooks {
+                checkpoint_every: 3,
+                on_checkpoint: Box::new(|c| {
+                    if c.step == 3 {
+                        saved = Some(Checkpoint::from_bytes(&c.to_bytes())?);
+                        anyhow::bail!("killed");
+                    }
+                    Ok(())
+                }),
+                ..TrainingHooks::default()
+            },
+        );
+        assert!(killed.is_err());
+        let checkpoint = saved.expect("a checkpoint at step 3");
+        assert_eq!(checkpoint.step, 3);
+
+        // The restarted task begins from fresh adapters and loads the checkpoint.
+        let mut steps_seen = Vec::new();
+        let (resumed, history) = finetune_with(
+            &model,
+            dropout_adapters(&model),
+            train,
+            validation,
+            &config,
+            TrainingHooks {
+                resume: Some(checkpoint),
+                on_step: Box::new(|point, _| steps_seen.push(point.step)),
+                ..TrainingHooks::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            steps_seen,
+            vec![3, 4, 5],
+            "only the steps after the checkpoint run"
+        );
+        assert_eq!(history, full_history);
+        assert_eq!(adapter_values(&resumed), adapter_values(&uninterrupted));
+    }
+
+    #[test]
+    fn checkpoints_of_other_runs_and_damaged_checkpoints_are_refused() {
+        let model = model();
+        let (examples, config) = (resume_examples(), resume_config());
+        let mut last: Option<Checkpoint> = None;
+        finetune_with(
+            &model,
+            adapters(&model),
+            &examples,
+            &[],
+            &config,
+            TrainingHooks {
+                on_checkpoint: Box::new(|c| {
+                    last = Some(c.clone());
+                    Ok(())
+                }),
+                ..TrainingHooks::default()
+            },
+        )
+        .unwrap();
+        let checkpoint = last.unwrap();
+        let bytes = checkpoint.to_bytes();
+        let mut damaged = bytes.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        let err = Checkpoint::from_bytes(&damaged).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        let err = Checkpoint::from_bytes(&bytes[..bytes.len() - 5])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        let other = FinetuneConfig {
+            seed: 12,
+            ..config.clone()
+        };
+        let err = finetune_with(
+            &model,
+            adapters(&model),
+            &examples,
+            &[],
+            &other,
+            TrainingHooks {
+                resume: Some(checkpoint),
+                ..TrainingHooks::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("another training run"), "{err}");
+    }
+
+    #[test]
+    fn lora_dropout_applies_while_training_only() {
+        let model = model();
+        let mut adapters = adapters(&model);
+        // Non-zero B so the adapters change the output at all.
+        for layer in &mut adapters.layers {
+            if let Some(pair) = layer.q.as_mut() {
+                let b = pair.b.val().ones_like().mul_scalar(0.05);
+                pair.b = burn::module::Param::from_tensor(b);
+            }
+        }
+        adapters.dropout = 0.5;
+        let tokens = vec![vec![1u32, 5, 6, 7, 8]];
+        let logits = |a: &LoraAdapters<Train>| -> Vec<f32> {
+            model
+                .forward_adapted(&tokens, Some(a))
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap()
+        };
+        let evaluation = logits(&adapters);
+        assert_eq!(evaluation, logits(&adapters), "no dropout outside training");
+        adapters.training = Some(crate::llm::lora::Dropout::new(0.5, 9));
+        let dropped = logits(&adapters);
+        assert_ne!(
+            dropped, evaluation,
+            "dropout changes the training forward pass"
+        );
     }
 
     #[test]

@@ -225,6 +225,12 @@ pub fn save_hf(dir: &Path, config: &LlamaConfig, tensors: &[NamedTensor]) -> Res
 
 /// Writes `tensors` as one F32 safetensors file.
 pub fn write_f32_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    let bytes = f32_safetensors_bytes(tensors)?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The bytes of a safetensors file holding `tensors` as F32.
+pub fn f32_safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, values, _)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -238,8 +244,7 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()>
                 .with_context(|| format!("tensor {name}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .with_context(|| format!("writing {}", path.display()))
+    safetensors::serialize(views, None).context("serialising safetensors")
 }
 
 /// A tensor's values (row-major) and shape, read back from the device.
