@@ -86,3 +86,54 @@ fn report_aggregates_run_files_prints_the_table_and_writes_its_outputs() {
     let means: Vec<f64> = serde_json::from_value(metrics["extra"].clone()).unwrap();
     assert!((means[0] - 0.30).abs() < 1e-9, "{means:?}");
 }
+
+#[test]
+fn report_puts_slim_models_in_tables_one_and_two_with_the_cold_start_group() {
+    let out = tempfile::tempdir().unwrap();
+    let root = out.path().to_str().unwrap();
+    let runs = out.path().join("s/train/runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let runs_of = [
+        ("slim-sasrec", Some("sasrec"), "slim", 0.31),
+        ("slim_agnostic", None, "slim_agnostic", 0.22),
+        ("slim_step1", None, "step1", 0.14),
+    ];
+    for (shard, (model, backbone, variant, ndcg)) in runs_of.into_iter().enumerate() {
+        let rows: Vec<RunMetricsRow> = ["all", "0-4", "cold-start"]
+            .iter()
+            .map(|bucket| RunMetricsRow {
+                model: model.into(),
+                backbone: backbone.map(String::from),
+                variant: variant.into(),
+                users: if *bucket == "cold-start" { 7 } else { 100 },
+                ..run_row(model, 1, "test", bucket, ndcg)
+            })
+            .collect();
+        std::fs::write(
+            runs.join(format!("part-{shard:05}.parquet")),
+            schema::write_run_metrics(&rows).unwrap(),
+        )
+        .unwrap();
+    }
+    let stdout = slim_ok(&["report", "s", "--store", root]);
+    let table2 = stdout
+        .find("laid out like the paper's Table 2")
+        .unwrap_or_else(|| panic!("no Table 2 in\n{stdout}"));
+    assert!(
+        stdout[..table2].contains("| SLIM (SASRec) | 1 | 31.00 ± 0.00 |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout[table2..].contains("| SLIM (ID-agnostic) | 1 | 22.00 ± 0.00 |")
+            && stdout[table2..].contains("| SLIM-Step1 | 1 | 14.00 ± 0.00 |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("7 users. ID-based models"), "{stdout}");
+    let metrics = pyarrow_describe(
+        &out.path().join("s/train/metrics.parquet"),
+        "t.to_pydict()['bucket']",
+    );
+    assert_eq!(metrics["rows"], 9, "3 models x 3 groups: {metrics}");
+    let buckets: Vec<String> = serde_json::from_value(metrics["extra"].clone()).unwrap();
+    assert_eq!(buckets[2], "cold-start");
+}

@@ -22,6 +22,9 @@
 //! - **Aggregation.** Means over users, overall and by history-length bucket ([`Buckets`]:
 //!   `0-4`, `5-9`, `10-19`, `20+` training items before truncation by default); across seeds
 //!   the mean and the sample standard deviation (n - 1).
+//! - **Cold-start items.** The users whose target item occurs in no training history
+//!   (`train_count` 0) form one more group, [`COLD_START`]: an ID-based model has never
+//!   updated such an item's ID embedding, an ID-agnostic model scores it from its text alone.
 
 use crate::schema::{self, UserRow};
 use anyhow::{Context, Result};
@@ -452,12 +455,16 @@ impl Buckets {
     }
 }
 
-/// Sums metrics over users, overall and by history-length bucket.
+/// The group of users whose target item is in no training history.
+pub const COLD_START: &str = "cold-start";
+
+/// Sums metrics over users, overall, by history-length bucket and for cold-start targets.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     buckets: Buckets,
     total: (usize, Metrics),
     by_bucket: Vec<(usize, Metrics)>,
+    cold: (usize, Metrics),
 }
 
 /// Mean metrics over a group of users.
@@ -469,11 +476,13 @@ pub struct GroupMetrics {
     pub metrics: Metrics,
 }
 
-/// The outcome of one evaluation: overall means first, then one row per bucket.
+/// The outcome of one evaluation: overall means first, then one row per bucket, then the
+/// cold-start group ([`COLD_START`]; no users when every target was trained on).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EvalReport {
     pub overall: GroupMetrics,
     pub buckets: Vec<GroupMetrics>,
+    pub cold_start: GroupMetrics,
 }
 
 impl Evaluation {
@@ -483,19 +492,25 @@ impl Evaluation {
             buckets,
             total: (0, Metrics::default()),
             by_bucket,
+            cold: (0, Metrics::default()),
         }
     }
 
-    /// Adds one user's metrics.
-    pub fn add(&mut self, history_length: u32, metrics: &Metrics) {
+    /// Adds one user's metrics; `cold_start`: its target is in no training history.
+    pub fn add(&mut self, history_length: u32, cold_start: bool, metrics: &Metrics) {
         self.total.0 += 1;
         self.total.1.add(metrics);
         let bucket = &mut self.by_bucket[self.buckets.of(history_length)];
         bucket.0 += 1;
         bucket.1.add(metrics);
+        if cold_start {
+            self.cold.0 += 1;
+            self.cold.1.add(metrics);
+        }
     }
 
-    /// Adds one user from its candidates' scores (positive first).
+    /// Adds one user from its candidates' scores (positive first); the positive's train
+    /// count decides whether it is a cold-start target.
     pub fn add_scores(
         &mut self,
         history_length: u32,
@@ -505,6 +520,7 @@ impl Evaluation {
     ) {
         self.add(
             history_length,
+            popularity.count(candidates[0]) == 0,
             &Metrics::of_scores(candidates, scores, popularity),
         );
     }
@@ -527,6 +543,7 @@ impl Evaluation {
                 .enumerate()
                 .map(|(b, sum)| mean(self.buckets.label(b), sum))
                 .collect(),
+            cold_start: mean(COLD_START.into(), &self.cold),
         }
     }
 }
@@ -786,9 +803,9 @@ mod tests {
         );
         let pop = Popularity::new(vec![1; 10]);
         let mut e = Evaluation::new(b);
-        e.add(3, &Metrics::of_rank(0, 0, &pop));
-        e.add(4, &Metrics::of_rank(50, 0, &pop));
-        e.add(25, &Metrics::of_rank(15, 0, &pop));
+        e.add(3, false, &Metrics::of_rank(0, 0, &pop));
+        e.add(4, false, &Metrics::of_rank(50, 0, &pop));
+        e.add(25, false, &Metrics::of_rank(15, 0, &pop));
         let r = e.report();
         assert_eq!(r.overall.users, 3);
         assert!(close(r.overall.metrics.hr10, 1.0 / 3.0));
@@ -801,6 +818,37 @@ mod tests {
             (r.buckets[3].group.as_str(), r.buckets[3].metrics.hr20),
             ("20+", 1.0)
         );
+        assert_eq!(
+            (r.cold_start.group.as_str(), r.cold_start.users),
+            ("cold-start", 0)
+        );
+        assert_eq!(r.cold_start.metrics, Metrics::default());
+    }
+
+    #[test]
+    fn cold_start_groups_users_whose_target_was_never_trained_on() {
+        // Item 0 is trained on twice, item 1 never.
+        let pop = Popularity::new(vec![2, 0, 1]);
+        let mut e = Evaluation::new(Buckets::default());
+        // Positive item 1 (cold) at rank 0; positive item 0 (warm) at rank 2; positive item 1
+        // (cold) at rank 11, a miss.
+        e.add_scores(3, &[1, 0, 2], &[0.9, 0.5, 0.1], &pop);
+        e.add_scores(7, &[0, 1, 2], &[0.1, 0.5, 0.9], &pop);
+        let (mut missed, mut low) = (vec![1], vec![0.0]);
+        missed.extend([0; 11]);
+        low.extend([0.5; 11]);
+        e.add_scores(12, &missed, &low, &pop);
+        let r = e.report();
+        assert_eq!(r.overall.users, 3);
+        assert_eq!(r.cold_start.users, 2);
+        // One cold hit at rank 0 and one cold miss: NDCG@10 (1 + 0) / 2.
+        assert!(close(r.cold_start.metrics.ndcg10, 0.5));
+        assert!(close(r.cold_start.metrics.hr10, 0.5));
+        // A never-trained item is maximally novel: EPC 1, EFD -log2(1 / 3) bits at discount 1.
+        assert!(close(r.cold_start.metrics.epc10, 0.5));
+        assert!(close(r.cold_start.metrics.efd10, 0.5 * 3f64.log2()));
+        // The buckets still partition all users.
+        assert_eq!(r.buckets.iter().map(|b| b.users).sum::<usize>(), 3);
     }
 
     #[test]

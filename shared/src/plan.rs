@@ -58,7 +58,25 @@ pub const POPULARITY: &str = "popularity";
 /// Backbones and variants this build trains; the others are refused with
 /// [`not_implemented`]'s message.
 pub const IMPLEMENTED_BACKBONES: &[&str] = &["gru4rec", "sasrec"];
-pub const IMPLEMENTED_VARIANTS: &[&str] = &["id", "plus", POPULARITY];
+pub const IMPLEMENTED_VARIANTS: &[&str] = &[
+    "id",
+    "plus",
+    "slim",
+    "slim_minus",
+    "slim_agnostic",
+    "step1",
+    "step2",
+    "step3",
+    POPULARITY,
+];
+
+/// The ID-agnostic variants: SLIM's transformer `g_t` over text vectors, which has no ID
+/// backbone, so they are trained once per seed whatever the backbones.
+pub const ID_AGNOSTIC_VARIANTS: &[&str] = &["slim_agnostic", "step1", "step2", "step3"];
+
+pub fn is_id_agnostic(variant: &str) -> bool {
+    ID_AGNOSTIC_VARIANTS.contains(&variant)
+}
 
 /// Why a backbone or variant named in `[train]` cannot run in this build, if it cannot.
 /// Unknown names are the manifest validation's business, not this function's.
@@ -78,7 +96,8 @@ pub fn not_implemented(kind: &str, name: &str) -> Option<String> {
 /// One run of the `train` stage: one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainRun {
-    /// `None` for the popularity baseline, which has no backbone.
+    /// `None` for the popularity baseline and the ID-agnostic variants, which have no
+    /// backbone.
     pub backbone: Option<String>,
     pub variant: String,
     /// Initialisation, dropout, shuffling and training negatives (evaluation candidates
@@ -90,7 +109,8 @@ impl fmt::Display for TrainRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.backbone {
             Some(backbone) => write!(f, "{backbone}/{} seed {}", self.variant, self.seed),
-            None => write!(f, "{}", self.variant),
+            None if self.variant == POPULARITY => write!(f, "{}", self.variant),
+            None => write!(f, "{} seed {}", self.variant, self.seed),
         }
     }
 }
@@ -98,11 +118,13 @@ impl fmt::Display for TrainRun {
 /// The runs of the `train` stage; task `shard` does `train_runs(section)[shard]`.
 ///
 /// The order is stable for a manifest: backbones in their listed order, within each the
-/// variants in their listed order, within each the seeds in their listed order, so
-/// `shard = (backbone * variants + variant) * seeds + seed` counting only the variants other
-/// than `popularity`. The popularity baseline, when listed, is one more run at the end
-/// (backbone `None`, the first seed): it is deterministic, so one run is all its seeds.
-/// Duplicate names are kept once.
+/// ID-based variants in their listed order, within each the seeds in their listed order, so
+/// `shard = (backbone * variants + variant) * seeds + seed` counting only the ID-based
+/// variants (neither `popularity` nor the [`ID_AGNOSTIC_VARIANTS`]). Then the ID-agnostic
+/// variants in their listed order, each once per seed (backbone `None`: their transformer is
+/// the same whatever the backbones). The popularity baseline, when listed, is one more run at
+/// the end (backbone `None`, the first seed): it is deterministic, so one run is all its
+/// seeds. Duplicate names are kept once.
 pub fn train_runs(section: &TrainSection) -> Vec<TrainRun> {
     fn unique<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
         let mut out: Vec<T> = Vec::new();
@@ -120,7 +142,10 @@ pub fn train_runs(section: &TrainSection) -> Vec<TrainRun> {
     );
     let mut runs = Vec::new();
     for backbone in &backbones {
-        for variant in variants.iter().filter(|v| *v != POPULARITY) {
+        let id_based = variants
+            .iter()
+            .filter(|v| *v != POPULARITY && !is_id_agnostic(v));
+        for variant in id_based {
             for &seed in &seeds {
                 runs.push(TrainRun {
                     backbone: Some(backbone.clone()),
@@ -128,6 +153,15 @@ pub fn train_runs(section: &TrainSection) -> Vec<TrainRun> {
                     seed,
                 });
             }
+        }
+    }
+    for variant in variants.iter().filter(|v| is_id_agnostic(v)) {
+        for &seed in &seeds {
+            runs.push(TrainRun {
+                backbone: None,
+                variant: variant.clone(),
+                seed,
+            });
         }
     }
     if variants.iter().any(|v| v == POPULARITY) {
@@ -192,15 +226,45 @@ mod tests {
     }
 
     #[test]
+    fn id_agnostic_variants_run_once_per_seed_after_the_backbone_runs() {
+        let runs = train_runs(&section(
+            &["sasrec", "gru4rec"],
+            &["step1", "popularity", "slim", "slim_agnostic"],
+            &[1, 2],
+        ));
+        // 2 backbones x slim x 2 seeds, then step1 and slim_agnostic x 2 seeds, then
+        // popularity.
+        assert_eq!(runs.len(), 4 + 4 + 1);
+        assert_eq!(runs[3].to_string(), "gru4rec/slim seed 2");
+        assert_eq!(runs[4].to_string(), "step1 seed 1");
+        assert_eq!(runs[4].backbone, None);
+        assert_eq!(runs[7].to_string(), "slim_agnostic seed 2");
+        assert_eq!(runs[8].to_string(), "popularity");
+        // No backbone listed: the ID-agnostic runs still happen.
+        let alone = train_runs(&section(&[], &["slim_agnostic"], &[3]));
+        assert_eq!(alone.len(), 1);
+        assert!(is_id_agnostic("step3") && !is_id_agnostic("slim"));
+    }
+
+    #[test]
     fn unimplemented_names_are_named_with_the_alternatives() {
         assert_eq!(not_implemented("variant", "plus"), None);
         assert_eq!(not_implemented("backbone", "gru4rec"), None);
-        let message = not_implemented("variant", "slim_minus").unwrap();
+        for variant in [
+            "slim",
+            "slim_minus",
+            "slim_agnostic",
+            "step1",
+            "step2",
+            "step3",
+        ] {
+            assert_eq!(not_implemented("variant", variant), None, "{variant}");
+        }
+        let message = not_implemented("backbone", "srgnn").unwrap();
         assert!(
-            message.contains("`slim_minus` is not implemented yet")
-                && message.contains("id, plus, popularity"),
+            message.contains("`srgnn` is not implemented yet")
+                && message.contains("gru4rec, sasrec"),
             "{message}"
         );
-        assert!(not_implemented("backbone", "srgnn").is_some());
     }
 }

@@ -1,13 +1,14 @@
 //! The train stage's report: every run's metrics (`train/runs/part-*.parquet`) aggregated
 //! over seeds into `train/metrics.parquet`, `train/report.md` (tables laid out like the
-//! paper's Table 1, a sparsity table by history-length bucket, popularity bias) and two SVG
-//! plots (`train/ndcg10.svg`, `train/ndcg10_by_bucket.svg`).
+//! paper's Table 1 for the ID-based models and Table 2 for the ID-agnostic ones, a sparsity
+//! table by history-length bucket, cold-start items, popularity bias) and two SVG plots
+//! (`train/ndcg10.svg`, `train/ndcg10_by_bucket.svg`).
 //!
 //! Pure aggregation and rendering, no model code: the coordinator writes the report when the
 //! train stage closes, `slim report` writes it again on demand. The output depends only on
 //! the run files, so rewriting it is harmless.
 
-use crate::eval::{MeanStd, mean_std};
+use crate::eval::{COLD_START, MeanStd, mean_std};
 use crate::manifest::Manifest;
 use crate::markers::job_key;
 use crate::plan;
@@ -40,20 +41,49 @@ pub const PAPER_GAMES: &[(&str, [f64; 3])] = &[
     ("SLIM (SRGNN)", [23.77, 39.81, 52.34]),
 ];
 
-/// A model as the paper names it: `sasrec+` is `SASRec+`.
+/// The paper's Table 2 on Amazon Games (ID-agnostic; NDCG@10, HR@10, HR@20 in %).
+pub const PAPER_GAMES_AGNOSTIC: &[(&str, [f64; 3])] = &[
+    ("SLIM (ID-agnostic)", [21.99, 38.33, 53.59]),
+    ("SLIM-Step1", [13.78, 26.08, 41.71]),
+    ("SLIM-Step2", [16.78, 30.09, 45.75]),
+    ("SLIM-Step3", [20.20, 35.57, 50.04]),
+];
+
+/// A model as the paper names it: `sasrec+` is `SASRec+`, `slim-sasrec` is `SLIM (SASRec)`,
+/// `slim_minus-gru4rec` is `SLIM-minus (GRU4Rec)`, `slim_agnostic` is `SLIM (ID-agnostic)`,
+/// `slim_step1` is `SLIM-Step1`.
 pub fn display_name(model: &str) -> String {
+    fn backbone(name: &str) -> String {
+        match name {
+            "sasrec" => "SASRec".to_string(),
+            "gru4rec" => "GRU4Rec".to_string(),
+            "srgnn" => "SRGNN".to_string(),
+            "popularity" => "Popularity".to_string(),
+            other => other.to_string(),
+        }
+    }
+    if let Some(b) = model.strip_prefix("slim-") {
+        return format!("SLIM ({})", backbone(b));
+    }
+    if let Some(b) = model.strip_prefix("slim_minus-") {
+        return format!("SLIM-minus ({})", backbone(b));
+    }
+    if model == "slim_agnostic" {
+        return "SLIM (ID-agnostic)".into();
+    }
+    if let Some(step) = model.strip_prefix("slim_step") {
+        return format!("SLIM-Step{step}");
+    }
     let (base, plus) = match model.strip_suffix('+') {
         Some(base) => (base, "+"),
         None => (model, ""),
     };
-    let base = match base {
-        "sasrec" => "SASRec".to_string(),
-        "gru4rec" => "GRU4Rec".to_string(),
-        "srgnn" => "SRGNN".to_string(),
-        "popularity" => "Popularity".to_string(),
-        other => other.to_string(),
-    };
-    format!("{base}{plus}")
+    format!("{}{plus}", backbone(base))
+}
+
+/// Whether a variant is one of the ID-agnostic ones (the report's Table 2).
+fn is_id_agnostic(variant: &str) -> bool {
+    plan::is_id_agnostic(variant)
 }
 
 /// One model's metrics over its runs, for one split and user group.
@@ -241,33 +271,49 @@ pub fn render_markdown(ctx: &ReportContext, aggregates: &[Aggregate]) -> String 
         );
     }
 
-    out.push_str("\n## Accuracy (test; laid out like the paper's Table 1)\n\n");
     let paper_note = if ctx.is_games() {
         "paper, Games"
     } else {
         "paper, Games (other data: orientation only)"
     };
-    let _ = writeln!(
-        out,
-        "| model | seeds | NDCG@10 | HR@10 | HR@20 | {paper_note}: NDCG@10 / HR@10 / HR@20 |"
-    );
-    out.push_str("|---|---|---|---|---|---|\n");
-    for a in &test {
-        let name = display_name(&a.model);
-        let paper = PAPER_GAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("".to_string(), |(_, v)| {
-                format!("{:.2} / {:.2} / {:.2}", v[0], v[1], v[2])
-            });
+    let (agnostic, id_based): (Vec<&Aggregate>, Vec<&Aggregate>) = test
+        .iter()
+        .copied()
+        .partition(|a| is_id_agnostic(&a.variant));
+    let accuracy_table = |out: &mut String, rows: &[&Aggregate], paper: &[(&str, [f64; 3])]| {
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | {} | {} | {paper} |",
-            a.runs,
-            pct(a.metric("ndcg10")),
-            pct(a.metric("hr10")),
-            pct(a.metric("hr20")),
+            "| model | seeds | NDCG@10 | HR@10 | HR@20 | {paper_note}: NDCG@10 / HR@10 / HR@20 |"
         );
+        out.push_str("|---|---|---|---|---|---|\n");
+        for a in rows {
+            let name = display_name(&a.model);
+            let paper = paper
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("".to_string(), |(_, v)| {
+                    format!("{:.2} / {:.2} / {:.2}", v[0], v[1], v[2])
+                });
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {paper} |",
+                a.runs,
+                pct(a.metric("ndcg10")),
+                pct(a.metric("hr10")),
+                pct(a.metric("hr20")),
+            );
+        }
+    };
+    out.push_str("\n## Accuracy (test; laid out like the paper's Table 1)\n\n");
+    accuracy_table(&mut out, &id_based, PAPER_GAMES);
+    if !agnostic.is_empty() {
+        out.push_str(
+            "\n## ID-agnostic models (test; laid out like the paper's Table 2)\n\n\
+             No item ID embeddings: items are their text vectors, users the transformer g_t over \
+             the rationale vector and the history's item text vectors. Step1/2/3 feed only that \
+             step of the rationale.\n\n",
+        );
+        accuracy_table(&mut out, &agnostic, PAPER_GAMES_AGNOSTIC);
     }
     out.push_str("\n![Test NDCG@10 by model](ndcg10.svg)\n");
 
@@ -299,6 +345,36 @@ pub fn render_markdown(ctx: &ReportContext, aggregates: &[Aggregate]) -> String 
         );
     }
     out.push_str("\n![Test NDCG@10 by history length](ndcg10_by_bucket.svg)\n");
+
+    out.push_str(
+        "\n## Cold-start items (test users whose target item is in no training history)\n\n",
+    );
+    let cold_users = test_bucket(aggregates, None, COLD_START).map_or(0, |a| a.users);
+    if cold_users == 0 {
+        out.push_str(
+            "No test target is cold: every one occurs in some training history (k-core data \
+             rarely has any).\n",
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{cold_users} users. ID-based models never trained these items' ID embeddings; the \
+             ID-agnostic ones score them from their text.\n"
+        );
+        out.push_str("| model | NDCG@10 | HR@10 | HR@20 |\n|---|---|---|---|\n");
+        for a in &test {
+            if let Some(c) = test_bucket(aggregates, Some(&a.model), COLD_START) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    display_name(&a.model),
+                    pct(c.metric("ndcg10")),
+                    pct(c.metric("hr10")),
+                    pct(c.metric("hr20"))
+                );
+            }
+        }
+    }
 
     out.push_str(
         "\n## Popularity bias (test; higher means hits on less popular items)\n\n\
@@ -335,10 +411,13 @@ pub fn render_markdown(ctx: &ReportContext, aggregates: &[Aggregate]) -> String 
     out
 }
 
-/// The bucket labels in the order the runs wrote them.
+/// The history-length bucket labels in the order the runs wrote them.
 fn bucket_labels(aggregates: &[Aggregate]) -> Vec<String> {
     let mut labels: Vec<String> = Vec::new();
-    for a in aggregates.iter().filter(|a| a.bucket != "all") {
+    for a in aggregates
+        .iter()
+        .filter(|a| a.bucket != "all" && a.bucket != COLD_START)
+    {
         if !labels.contains(&a.bucket) {
             labels.push(a.bucket.clone());
         }
@@ -358,7 +437,7 @@ fn test_bucket<'a>(
 }
 
 /// Hand-written SVG: two small charts need no plotting library.
-mod svg {
+pub mod svg {
     use std::fmt::Write as _;
 
     pub const COLORS: [&str; 8] = [
@@ -744,6 +823,121 @@ mod tests {
         let lines = bucket_line_chart(&agg);
         assert_eq!(lines.matches("<polyline").count(), 3);
         assert!(lines.contains(">5-9</text>"));
+    }
+
+    #[test]
+    fn slim_models_get_the_papers_names() {
+        assert_eq!(display_name("slim-sasrec"), "SLIM (SASRec)");
+        assert_eq!(display_name("slim_minus-gru4rec"), "SLIM-minus (GRU4Rec)");
+        assert_eq!(display_name("slim_agnostic"), "SLIM (ID-agnostic)");
+        assert_eq!(display_name("slim_step2"), "SLIM-Step2");
+        assert_eq!(display_name("gru4rec+"), "GRU4Rec+");
+    }
+
+    /// `model`'s rows for one seed: `all`, one bucket, and `cold-start` with `cold` users.
+    fn slim_rows(
+        model: &str,
+        variant: &str,
+        seed: u64,
+        ndcg: f64,
+        cold: u64,
+    ) -> Vec<RunMetricsRow> {
+        let base = RunMetricsRow {
+            model: model.into(),
+            backbone: (!plan::is_id_agnostic(variant)).then(|| "sasrec".into()),
+            variant: variant.into(),
+            seed,
+            split: "test".into(),
+            bucket: "all".into(),
+            users: 40,
+            metrics: [ndcg, 2.0 * ndcg, 3.0 * ndcg, 1.0, 0.5],
+            best_epoch: 2,
+            epochs: 4,
+            seconds_per_epoch: 1.0,
+            seconds: 5.0,
+        };
+        vec![
+            base.clone(),
+            RunMetricsRow {
+                bucket: "0-4".into(),
+                ..base.clone()
+            },
+            RunMetricsRow {
+                bucket: COLD_START.into(),
+                users: cold,
+                metrics: [ndcg / 2.0, ndcg, ndcg, 2.0, 1.0],
+                ..base
+            },
+        ]
+    }
+
+    #[test]
+    fn id_agnostic_models_get_their_own_table_and_cold_start_is_reported() {
+        let mut rows = Vec::new();
+        for seed in [1, 2] {
+            let bump = 0.01 * seed as f64;
+            rows.extend(slim_rows("sasrec", "id", seed, 0.20 + bump, 4));
+            rows.extend(slim_rows("slim-sasrec", "slim", seed, 0.30 + bump, 4));
+            rows.extend(slim_rows(
+                "slim_minus-sasrec",
+                "slim_minus",
+                seed,
+                0.31 + bump,
+                4,
+            ));
+            rows.extend(slim_rows(
+                "slim_agnostic",
+                "slim_agnostic",
+                seed,
+                0.22 + bump,
+                4,
+            ));
+            rows.extend(slim_rows("slim_step1", "step1", seed, 0.12 + bump, 4));
+        }
+        let agg = aggregate(&rows);
+        let ctx = ReportContext {
+            job_id: "g".into(),
+            dataset: Some("Games.inter".into()),
+            eval_negatives: Some(100),
+            planned_runs: Some(10),
+        };
+        let md = render_markdown(&ctx, &agg);
+        let table1 = md.find("laid out like the paper's Table 1").unwrap();
+        let table2 = md.find("laid out like the paper's Table 2").unwrap();
+        assert!(table1 < table2, "{md}");
+        let (t1, t2) = (&md[table1..table2], &md[table2..]);
+        assert!(t1.contains("| SLIM (SASRec) | 2 | 31.50 ± 0.71 |"), "{md}");
+        assert!(
+            t1.contains("31.43 / 51.11 / 64.10"),
+            "the paper beside: {md}"
+        );
+        assert!(t1.contains("| SLIM-minus (SASRec) | 2 |"), "{md}");
+        assert!(!t1.contains("SLIM (ID-agnostic)"), "{md}");
+        assert!(
+            t2.contains("| SLIM (ID-agnostic) | 2 | 23.50 ± 0.71 |")
+                && t2.contains("21.99 / 38.33 / 53.59"),
+            "{md}"
+        );
+        assert!(
+            t2.contains("| SLIM-Step1 | 2 | 13.50 ± 0.71 |")
+                && t2.contains("13.78 / 26.08 / 41.71"),
+            "{md}"
+        );
+        // Cold-start: the group's own numbers, and never a sparsity column.
+        assert!(md.contains("## Cold-start items"), "{md}");
+        assert!(md.contains("4 users."), "{md}");
+        assert!(md.contains("| SLIM (ID-agnostic) | 11.75 ± 0.35 |"), "{md}");
+        assert!(md.contains("| model | 0-4 (40 users) |\n"), "{md}");
+        let lines = bucket_line_chart(&agg);
+        assert!(!lines.contains("cold-start"), "{lines}");
+        // No cold targets: said so.
+        let warm: Vec<RunMetricsRow> = slim_rows("sasrec", "id", 1, 0.2, 0);
+        let md = render_markdown(&ctx, &aggregate(&warm));
+        assert!(md.contains("No test target is cold"), "{md}");
+        assert!(
+            !md.contains("Table 2"),
+            "no ID-agnostic runs, no Table 2: {md}"
+        );
     }
 
     #[tokio::test]

@@ -320,16 +320,18 @@ pub fn write_embeddings(
 /// stage), one row per split and user group (`all`, then each history-length bucket).
 pub static TRAIN_RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
     let mut fields = vec![
-        // `sasrec`, `sasrec+`, `gru4rec`, `popularity`, ...
+        // `sasrec`, `sasrec+`, `slim-sasrec`, `slim_minus-gru4rec`, `slim_agnostic`,
+        // `slim_step1`, `popularity`, ...
         Field::new("model", DataType::Utf8, false),
-        // Null for the popularity baseline.
+        // Null for the popularity baseline and the ID-agnostic variants.
         Field::new("backbone", DataType::Utf8, true),
-        // The manifest's variant: `id`, `plus`, `popularity`, ...
+        // The manifest's variant: `id`, `plus`, `slim`, `slim_agnostic`, `popularity`, ...
         Field::new("variant", DataType::Utf8, false),
         Field::new("seed", DataType::UInt64, false),
         // `valid` or `test`.
         Field::new("split", DataType::Utf8, false),
-        // `all` or a history-length bucket such as `5-9`.
+        // `all`, a history-length bucket such as `5-9`, or `cold-start` (the users whose
+        // target item is in no training history; see `eval::COLD_START`).
         Field::new("bucket", DataType::Utf8, false),
         // Users in the group.
         Field::new("users", DataType::UInt64, false),

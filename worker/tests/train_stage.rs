@@ -158,8 +158,8 @@ patience = 2"#,
         assert_eq!(marker.parts[0].key, run_part_key(shard as u32));
         let bytes = std::fs::read(dir.path().join("tr").join(run_part_key(shard as u32))).unwrap();
         let rows = schema::read_run_metrics(bytes.into(), "part").unwrap();
-        // valid and test, each overall and in four history-length buckets.
-        assert_eq!(rows.len(), 10, "{run}");
+        // valid and test, each overall, in four history-length buckets and cold-start.
+        assert_eq!(rows.len(), 12, "{run}");
         let all = rows
             .iter()
             .find(|r| r.split == "test" && r.bucket == "all")
@@ -169,10 +169,15 @@ patience = 2"#,
         assert_eq!(all.seed, run.seed);
         let bucket_users: u64 = rows
             .iter()
-            .filter(|r| r.split == "test" && r.bucket != "all")
+            .filter(|r| r.split == "test" && r.bucket != "all" && r.bucket != "cold-start")
             .map(|r| r.users)
             .sum();
         assert_eq!(bucket_users, all.users);
+        let cold = rows
+            .iter()
+            .find(|r| r.split == "test" && r.bucket == "cold-start")
+            .unwrap();
+        assert!(cold.users <= all.users);
         assert!(all.metrics.iter().all(|m| m.is_finite() && *m >= 0.0));
         assert!(all.metrics[0] <= all.metrics[1] && all.metrics[1] <= all.metrics[2]);
         match run.backbone.as_deref() {
@@ -211,15 +216,15 @@ patience = 2"#,
 }
 
 #[tokio::test]
-async fn unimplemented_variants_fail_their_task_with_the_reason() {
+async fn unimplemented_backbones_fail_their_task_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    // A job that does not plan train passes validation with any variant; its train tasks
+    // A job that does not plan train passes validation with any backbone; its train tasks
     // (run by hand here) must still refuse what this build cannot train.
     let job = job(
         dir.path(),
         r#"["prepare"]"#,
-        r#"backbones = ["srgnn", "sasrec"]
-variants = ["slim_agnostic"]
+        r#"backbones = ["srgnn"]
+variants = ["id"]
 seeds = [1]"#,
     );
     let store = store::open(
@@ -229,25 +234,228 @@ seeds = [1]"#,
     .await
     .unwrap();
     let registry = Registry::builtin();
-    for (shard, needle) in [
-        (0, "`srgnn` is not implemented yet"),
-        (1, "`slim_agnostic` is not implemented yet"),
-    ] {
-        let err = run_task(&registry, &ctx(&job, &store, shard), Stage::Train)
-            .await
-            .unwrap_err();
-        let err = format!("{err:#}");
-        assert!(err.contains(needle), "{err}");
-    }
-    let err = run_task(&registry, &ctx(&job, &store, 2), Stage::Train)
+    let err = run_task(&registry, &ctx(&job, &store, 0), Stage::Train)
+        .await
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("`srgnn` is not implemented yet"), "{err}");
+    let err = run_task(&registry, &ctx(&job, &store, 1), Stage::Train)
         .await
         .unwrap_err();
     assert!(
-        format!("{err:#}").contains("train shard 2 does not exist"),
+        format!("{err:#}").contains("train shard 1 does not exist"),
         "{err:#}"
     );
     assert!(
         !dir.path().join("tr/_markers/train").exists(),
         "no marker for a failed task"
     );
+}
+
+/// Stand-ins for the encode stage's rationale vectors (the real ones need the student and the
+/// text encoder): each user's vector is the mean of its history's item vectors plus noise, so
+/// it says something about the user, as a rationale does; `step1`..`step3` are noisier copies.
+/// Only users `keep` accepts get a row.
+async fn write_user_vectors(
+    store: &dyn Store,
+    dir: &Path,
+    source: &str,
+    keep: impl Fn(&schema::UserRow) -> bool,
+) -> usize {
+    let items: Vec<Vec<f32>> = {
+        let mut rows = Vec::new();
+        for part in 0..2 {
+            let bytes =
+                std::fs::read(dir.join(format!("tr/embeddings/items/part-{part:05}.parquet")))
+                    .unwrap();
+            rows.extend(
+                schema::read_embeddings_by_index(bytes.into(), "items", "item_index", "embedding")
+                    .unwrap(),
+            );
+        }
+        rows.sort_by_key(|(i, _)| *i);
+        rows.into_iter().map(|(_, v)| v).collect()
+    };
+    let users = schema::read_users(
+        std::fs::read(dir.join("tr/data/users.parquet"))
+            .unwrap()
+            .into(),
+        "users",
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let kept: Vec<&schema::UserRow> = users.iter().filter(|u| keep(u)).collect();
+    let mean = |u: &schema::UserRow| -> Vec<f32> {
+        let mut v = vec![0.0f32; 8];
+        for &i in &u.history {
+            for (x, y) in v.iter_mut().zip(&items[i as usize]) {
+                *x += y / u.history.len() as f32;
+            }
+        }
+        v
+    };
+    let noisy = |v: &[f32], scale: f32, rng: &mut ChaCha8Rng| -> Vec<f32> {
+        v.iter()
+            .map(|x| x + scale * rng.random_range(-1.0f32..1.0))
+            .collect()
+    };
+    let mut columns: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 4];
+    for u in &kept {
+        let m = mean(u);
+        for (c, scale) in [0.05, 0.3, 0.2, 0.1].into_iter().enumerate() {
+            columns[c].push(noisy(&m, scale, &mut rng));
+        }
+    }
+    let ids: Vec<&str> = kept.iter().map(|u| u.user_id.as_str()).collect();
+    let bytes = schema::write_embeddings(
+        vec![(
+            Field::new("user_id", DataType::Utf8, false),
+            Arc::new(arrow::array::StringArray::from(ids)) as ArrayRef,
+        )],
+        ["rationale", "step1", "step2", "step3"]
+            .into_iter()
+            .zip(columns.iter().map(Vec::as_slice))
+            .collect(),
+        8,
+    )
+    .unwrap();
+    let key = format!("tr/embeddings/users-{source}/part-00000.parquet");
+    store.put(&key, bytes.into()).await.unwrap();
+    kept.len()
+}
+
+#[tokio::test]
+async fn slim_variants_train_on_rationale_vectors_and_name_the_files_they_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        r#"["train"]"#,
+        r#"backbones = ["gru4rec"]
+variants = ["slim", "slim_minus", "slim_agnostic", "step1", "step2", "step3", "popularity"]
+seeds = [1]
+epochs = 3
+batch_size = 64
+embedding_dim = 16
+eval_negatives = 50
+patience = 2"#,
+    );
+    let store = store::open(
+        &Location::Local(dir.path().to_path_buf()),
+        &S3Settings::default(),
+    )
+    .await
+    .unwrap();
+    let registry = Registry::builtin();
+    run_task(&registry, &ctx(&job, &store, 0), Stage::Prepare)
+        .await
+        .unwrap();
+    let runs = plan::train_runs(&job.manifest.train);
+    let names: Vec<String> = runs.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "gru4rec/slim seed 1",
+            "gru4rec/slim_minus seed 1",
+            "slim_agnostic seed 1",
+            "step1 seed 1",
+            "step2 seed 1",
+            "step3 seed 1",
+            "popularity"
+        ]
+    );
+
+    // Nothing encoded yet: the item vectors are named first, then the rationale vectors.
+    let items = schema::read_items(
+        std::fs::read(dir.path().join("tr/data/items.parquet"))
+            .unwrap()
+            .into(),
+        "items",
+    )
+    .unwrap();
+    let err = run_task(&registry, &ctx(&job, &store, 0), Stage::Train)
+        .await
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("tr/embeddings/items/part-*.parquet") && err.contains("slim variant"),
+        "{err}"
+    );
+    write_item_vectors(store.as_ref(), items.len() as u32).await;
+    for (shard, source) in [(0, "student"), (1, "teacher"), (3, "student")] {
+        let err = run_task(&registry, &ctx(&job, &store, shard), Stage::Train)
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(&format!("tr/embeddings/users-{source}/part-*.parquet"))
+                && err.contains(&format!("run the {source} and encode stages first")),
+            "{err}"
+        );
+    }
+
+    // The student covers every user, the teacher only a third of them (the rest get the
+    // learned default vector).
+    let students = write_user_vectors(store.as_ref(), dir.path(), "student", |_| true).await;
+    let teachers = write_user_vectors(store.as_ref(), dir.path(), "teacher", |u| {
+        u.user_index % 3 == 0
+    })
+    .await;
+    assert!(
+        teachers > 0 && teachers < students,
+        "{teachers} of {students}"
+    );
+
+    let mut test_ndcg = std::collections::HashMap::new();
+    for (shard, run) in runs.iter().enumerate() {
+        run_task(&registry, &ctx(&job, &store, shard as u32), Stage::Train)
+            .await
+            .unwrap_or_else(|e| panic!("{run}: {e:#}"));
+        let bytes = std::fs::read(dir.path().join("tr").join(run_part_key(shard as u32))).unwrap();
+        let rows = schema::read_run_metrics(bytes.into(), "part").unwrap();
+        let all = rows
+            .iter()
+            .find(|r| r.split == "test" && r.bucket == "all")
+            .unwrap();
+        assert_eq!(all.users as usize, students);
+        assert!(
+            all.metrics.iter().all(|m| m.is_finite() && *m >= 0.0),
+            "{run}: {:?}",
+            all.metrics
+        );
+        assert!(all.metrics[0] <= all.metrics[1] && all.metrics[1] <= all.metrics[2]);
+        assert!(all.metrics[1] <= 1.0);
+        test_ndcg.insert(all.model.clone(), all.metrics[0]);
+    }
+    eprintln!("test NDCG@10: {test_ndcg:?}");
+    let mut models: Vec<&String> = test_ndcg.keys().collect();
+    models.sort();
+    assert_eq!(
+        models,
+        [
+            "popularity",
+            "slim-gru4rec",
+            "slim_agnostic",
+            "slim_minus-gru4rec",
+            "slim_step1",
+            "slim_step2",
+            "slim_step3"
+        ]
+    );
+
+    let written = slim_shared::report::write_report(store.as_ref(), "tr")
+        .await
+        .unwrap();
+    let md = &written.markdown;
+    eprintln!("{md}");
+    for row in [
+        "| SLIM (GRU4Rec) | 1 |",
+        "| SLIM-minus (GRU4Rec) | 1 |",
+        "| SLIM (ID-agnostic) | 1 |",
+        "| SLIM-Step1 | 1 |",
+        "| SLIM-Step3 | 1 |",
+        "laid out like the paper's Table 2",
+        "## Cold-start items",
+    ] {
+        assert!(md.contains(row), "{row} missing from\n{md}");
+    }
 }

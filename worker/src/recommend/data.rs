@@ -5,6 +5,7 @@
 //! and left-truncated to `max_len` (the oldest items go), so the last position always holds
 //! the most recent item.
 
+use super::rationale::{RationaleBatch, UserText};
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use burn::tensor::{Bool, Int, TensorData};
@@ -15,6 +16,7 @@ use slim_shared::eval::{Candidates, Popularity, Split, UserItems};
 use slim_shared::schema::{self, ItemRow, UserRow};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The padding token.
 pub const PAD: i32 = 0;
@@ -193,6 +195,8 @@ pub struct SeqBatch<B: Backend> {
     /// Absolute positions `[batch, len]`, counted so that the last position is `max_len - 1`
     /// whatever the batch's width: a user's encoding does not depend on its batch.
     pub positions: Tensor<B, 2, Int>,
+    /// The users' rationale vectors, for models that read them (SLIM).
+    pub rationale: Option<RationaleBatch<B>>,
 }
 
 /// One training batch: next-item prediction at every position of each history.
@@ -255,6 +259,7 @@ impl<B: Backend> SeqBatch<B> {
             items: int_tensor(items, shape, device),
             padding: Tensor::from_data(TensorData::new(padding, shape), device),
             positions: int_tensor(positions, shape, device),
+            rationale: None,
         }
     }
 }
@@ -265,6 +270,10 @@ impl<B: Backend> SeqBatch<B> {
 pub struct TrainSampler {
     /// Per user with at least two history items: the history (last `max_len + 1` items).
     sequences: Vec<Vec<u32>>,
+    /// The row in `Interactions::users` of each sequence.
+    users: Vec<usize>,
+    /// Rationale vectors by user row, attached to every batch when set.
+    rationales: Option<Arc<UserText>>,
     /// Items each user has interacted with, which are never sampled as its negatives.
     seen: Vec<HashSet<u32>>,
     num_items: u32,
@@ -279,8 +288,13 @@ const POOL_BATCHES: usize = 32;
 impl TrainSampler {
     pub fn new(data: &Interactions, max_len: usize, batch_size: usize, negatives: usize) -> Self {
         let mut sequences = Vec::new();
+        let mut users = Vec::new();
         let mut seen = Vec::new();
-        for user in data.users.iter().filter(|u| u.history.len() >= 2) {
+        for (row, user) in data.users.iter().enumerate() {
+            if user.history.len() < 2 {
+                continue;
+            }
+            users.push(row);
             let h = &user.history;
             sequences.push(h[h.len().saturating_sub(max_len + 1)..].to_vec());
             let mut items: HashSet<u32> = h.iter().copied().collect();
@@ -289,12 +303,21 @@ impl TrainSampler {
         }
         Self {
             sequences,
+            users,
+            rationales: None,
             seen,
             num_items: data.num_items,
             max_len,
             batch_size: batch_size.max(1),
             negatives,
         }
+    }
+
+    /// Attaches each user's rationale vector (rows in the order of the `Interactions`' users)
+    /// to every batch.
+    pub fn with_rationales(mut self, rationales: Arc<UserText>) -> Self {
+        self.rationales = Some(rationales);
+        self
     }
 
     /// Users with a training pair.
@@ -357,6 +380,10 @@ impl TrainSampler {
                 items: int_tensor(items, shape, device),
                 padding: Tensor::from_data(TensorData::new(padding, shape), device),
                 positions: int_tensor(positions, shape, device),
+                rationale: self.rationales.as_ref().map(|r| {
+                    let users: Vec<usize> = rows.iter().map(|&u| self.users[u]).collect();
+                    r.batch(&users, device)
+                }),
             },
             positives: int_tensor(positives, shape, device),
             negatives: int_tensor(negatives, [rows.len(), len, self.negatives], device),
@@ -378,10 +405,12 @@ impl TrainSampler {
     }
 }
 
-/// Evaluation batches over users in the order of their candidate rows.
+/// Evaluation batches over users in the order of their candidate rows; `rationales`, by user
+/// row, are attached when given.
 pub fn eval_batches<'a, B: Backend>(
     data: &'a Interactions,
     candidates: &'a Candidates,
+    rationales: Option<&'a UserText>,
     max_len: usize,
     batch_size: usize,
     device: &'a B::Device,
@@ -399,8 +428,10 @@ pub fn eval_batches<'a, B: Backend>(
             .iter()
             .map(|&i| token(i))
             .collect();
+        let mut input = SeqBatch::new(&refs, max_len, device);
+        input.rationale = rationales.map(|r| r.batch(&range.clone().collect::<Vec<_>>(), device));
         let batch = EvalBatch {
-            input: SeqBatch::new(&refs, max_len, device),
+            input,
             candidates: int_tensor(tokens, [range.len(), candidates.width], device),
         };
         (range, batch)
@@ -492,5 +523,35 @@ mod tests {
         assert!(neg[..15].iter().all(|&t| t == 1 || t == 10), "{neg:?}");
         assert!(neg[15..24].iter().all(|&t| t == PAD));
         assert!(neg[24..].iter().all(|&t| t > 5), "user 0 saw items 0..=4");
+        assert!(b.input.rationale.is_none());
+    }
+
+    #[test]
+    fn batches_carry_the_rationales_of_their_own_users() {
+        let d = data();
+        // One vector per user: user u's is [u, u].
+        let rows: Vec<Option<Vec<f32>>> = (0..3)
+            .map(|u| (u != 1).then(|| vec![u as f32; 2]))
+            .collect();
+        let text = Arc::new(UserText::from_rows(&rows).unwrap());
+        let sampler = TrainSampler::new(&d, 50, 2, 1).with_rationales(text.clone());
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        // Sampler rows 1, 0 are users 2, 0 (user 1 has no training pair).
+        let b = sampler.batch::<Cpu>(&[1, 0], &mut rng, &device());
+        let r = b.input.rationale.unwrap();
+        let v: Vec<f32> = r.vectors.into_data().to_vec().unwrap();
+        assert_eq!(v, [2.0, 2.0, 0.0, 0.0]);
+        let candidates = slim_shared::eval::CandidateSampler::new(1, 10)
+            .with_negatives(2)
+            .candidates_for(d.user_items(), Split::Test)
+            .unwrap();
+        let batches: Vec<_> =
+            eval_batches::<Cpu>(&d, &candidates, Some(&text), 50, 2, &device()).collect();
+        let second = batches[1].1.input.rationale.clone().unwrap();
+        let v: Vec<f32> = second.vectors.into_data().to_vec().unwrap();
+        assert_eq!(v, [2.0, 2.0], "the second batch holds user 2");
+        let first = batches[0].1.input.rationale.clone().unwrap();
+        let p: Vec<f32> = first.present.into_data().to_vec().unwrap();
+        assert_eq!(p, [1.0, 0.0], "user 1 has no rationale");
     }
 }

@@ -1,7 +1,8 @@
 //! Sequential recommenders on Burn and their training (stage 3 of SLIM.md).
 //!
 //! - [`data`]: users and items from the prepare stage's Parquet, padded batches.
-//! - [`item`]: item representations (ID, ID + text); SLIM's fusion variants go here.
+//! - [`item`]: item representations (ID, ID + text, SLIM's fused and text-only items).
+//! - [`rationale`]: users' rationale vectors and the fallback for users without one.
 //! - [`sasrec`], [`gru4rec`]: the sequence backbones.
 //! - [`model`]: a backbone plus item vectors, scoring and the loss.
 //! - [`popularity`]: the popularity baseline.
@@ -15,6 +16,7 @@ pub mod gru4rec;
 pub mod item;
 pub mod model;
 pub mod popularity;
+pub mod rationale;
 pub mod sasrec;
 pub mod train;
 
@@ -22,8 +24,10 @@ pub use data::Interactions;
 pub use item::{ItemRepresentation, TextTable};
 pub use model::{BackboneConfig, ModelConfig, Recommender};
 pub use popularity::evaluate_popularity;
+pub use rationale::UserText;
 pub use train::{
-    TrainConfig, TrainReport, eval_candidates, evaluate, train, write_reference_inputs,
+    TrainConfig, TrainReport, eval_candidates, evaluate, train, train_with_rationales,
+    write_reference_inputs,
 };
 
 /// The backend recommenders train on: the build's backend with autodiff.

@@ -2,16 +2,29 @@
 //! `i` for a user is `<s_u, z_i>`, the user's state at the last position dotted with the
 //! item's vector.
 //!
-//! SLIM's variants slot in without changing the training loop: an item representation variant
-//! in [`ItemEncoder`], and a user-side fusion of the rationale vector applied to the
-//! backbone's states in [`Recommender::states`].
+//! SLIM's variants slot in without changing the training loop (SLIM.md, stage 3):
+//!
+//! - **ID-based** (`items = fused`, `rationale = true`): items are `z_i = g_f([g_l(z_i^text);
+//!   z_i^id])`; the backbone reads those item vectors (the same on both sides, as for the `+`
+//!   models) and its state at every position is fused with the user's rationale vector by the
+//!   same layers, `s_u = g_f([g_l(s_u^text); s_u^SeqEnc])`.
+//! - **ID-agnostic** (`items = text`, `rationale = true`, SASRec backbone): `g_t` is the
+//!   transformer over text vectors only: items are their projected text vectors, the user's
+//!   rationale vector (projected by its own linear map) is a token in front of the sequence of
+//!   the history's item text vectors, and the user state is the transformer's output at the
+//!   last position. With an empty history this is SLIM.md's `s_u = g_t(s_u^text)`.
+//!
+//! A user without a rationale vector gets the model's learned default vector instead (see
+//! [`super::rationale`]).
 
 use super::data::{SeqBatch, TrainBatch};
 use super::gru4rec::{Gru4Rec, Gru4RecConfig};
 use super::item::{ItemEncoder, ItemRepresentation, TextTable};
+use super::rationale::RationaleBatch;
 use super::sasrec::{SasRec, SasRecConfig};
 use anyhow::{Result, ensure};
-use burn::module::Module;
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Int;
 use burn::tensor::activation::log_sigmoid;
@@ -49,6 +62,13 @@ pub struct ModelConfig {
     /// Most recent items a user's sequence keeps (older ones are cut).
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// Whether the user's rationale vector joins the user state (SLIM): fused with `g_l` and
+    /// `g_f` for `fused` items, a token in front of the sequence for `text` items.
+    #[serde(default)]
+    pub rationale: bool,
+    /// The name reported instead of the one built from backbone and items (`slim-sasrec`, ...).
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 fn default_hidden() -> usize {
@@ -74,13 +94,46 @@ impl ModelConfig {
             items: ItemRepresentation::Id,
             hidden: default_hidden(),
             max_len: default_max_len(),
+            rationale: false,
+            label: None,
         }
     }
 
-    /// `sasrec`, `sasrec+`, `gru4rec`, ...
+    /// SLIM's ID-based model on `backbone`: fused items and the rationale fused into the state.
+    pub fn slim(backbone: BackboneConfig) -> Self {
+        Self {
+            items: ItemRepresentation::Fused,
+            rationale: true,
+            ..Self::with_backbone(backbone)
+        }
+    }
+
+    /// SLIM's ID-agnostic model: one transformer layer (`g_t`) over text vectors only.
+    pub fn slim_agnostic() -> Self {
+        let g_t = SasRecConfig {
+            blocks: 1,
+            ..SasRecConfig::default()
+        };
+        Self {
+            items: ItemRepresentation::Text,
+            rationale: true,
+            ..Self::with_backbone(BackboneConfig::SasRec(g_t))
+        }
+    }
+
+    /// The label if set, else `sasrec`, `sasrec+`, `gru4rec`, ... (`~` marks other item
+    /// representations without a label).
     pub fn name(&self) -> String {
-        let plus = if self.items.needs_text() { "+" } else { "" };
-        format!("{}{plus}", self.backbone.name())
+        if let Some(label) = &self.label {
+            return label.clone();
+        }
+        let mark = match self.items {
+            ItemRepresentation::Id => "",
+            ItemRepresentation::IdPlusText { .. } => "+",
+            ItemRepresentation::Fused | ItemRepresentation::Text => "~",
+        };
+        let rationale = if self.rationale { "+r" } else { "" };
+        format!("{}{mark}{rationale}", self.backbone.name())
     }
 }
 
@@ -96,15 +149,31 @@ pub enum Backbone<B: Backend> {
 pub struct Recommender<B: Backend> {
     items: ItemEncoder<B>,
     backbone: Backbone<B>,
+    /// Stands in for the rationale vector of users without one (learned, zero at init).
+    default_rationale: Option<Param<Tensor<B, 1>>>,
+    /// ID-agnostic: the rationale vector's projection to the token width of `g_t`.
+    rationale_token: Option<Linear<B>>,
 }
 
 impl<B: Backend> Recommender<B> {
-    /// A freshly initialised model over items `0..num_items`; `text` is needed by the `+`
-    /// item representation.
+    /// A freshly initialised model over items `0..num_items`; `text` is needed by the item
+    /// representations with text. Models that read rationales need [`Recommender::with_rationales`].
     pub fn new(
         config: &ModelConfig,
         num_items: u32,
         text: Option<&TextTable>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::with_rationales(config, num_items, text, None, device)
+    }
+
+    /// As [`Recommender::new`]; `rationale_dim` is the width of the users' rationale vectors,
+    /// required when `config.rationale` is set.
+    pub fn with_rationales(
+        config: &ModelConfig,
+        num_items: u32,
+        text: Option<&TextTable>,
+        rationale_dim: Option<usize>,
         device: &B::Device,
     ) -> Result<Self> {
         ensure!(
@@ -112,6 +181,41 @@ impl<B: Backend> Recommender<B> {
             "the model's hidden size must be positive"
         );
         ensure!(config.max_len > 0, "max_len must be positive");
+        let (default_rationale, rationale_token) = if config.rationale {
+            let Some(dim) = rationale_dim.filter(|&d| d > 0) else {
+                anyhow::bail!(
+                    "{}: the model reads user rationale vectors but none were given",
+                    config.name()
+                );
+            };
+            if let Some(t) = text {
+                ensure!(
+                    config.items != ItemRepresentation::Fused || t.dim == dim,
+                    "{}: item text vectors are {} wide but rationale vectors {dim}; g_l maps both, so they must come from the same text encoder",
+                    config.name(),
+                    t.dim
+                );
+            }
+            let token = match (config.items, &config.backbone) {
+                (ItemRepresentation::Fused, _) => None,
+                (ItemRepresentation::Text, BackboneConfig::SasRec(_)) => {
+                    Some(LinearConfig::new(dim, config.hidden).init(device))
+                }
+                (ItemRepresentation::Text, other) => anyhow::bail!(
+                    "{}: the ID-agnostic model's g_t is a transformer; the {} backbone cannot read a rationale token",
+                    config.name(),
+                    other.name()
+                ),
+                (other, _) => anyhow::bail!(
+                    "{}: rationale vectors need fused or text items, not {other:?}",
+                    config.name()
+                ),
+            };
+            let default = Param::from_tensor(Tensor::zeros([dim], device).require_grad());
+            (Some(default), token)
+        } else {
+            (None, None)
+        };
         let items = ItemEncoder::new(config.items, num_items, config.hidden, text, device)?;
         let backbone = match &config.backbone {
             BackboneConfig::SasRec(c) => {
@@ -128,15 +232,48 @@ impl<B: Backend> Recommender<B> {
                 Backbone::Gru4Rec(Gru4Rec::new(c, config.hidden, device))
             }
         };
-        Ok(Self { items, backbone })
+        Ok(Self {
+            items,
+            backbone,
+            default_rationale,
+            rationale_token,
+        })
+    }
+
+    /// The batch's rationale vectors `[batch, dim]`, the learned default where a user has
+    /// none (or the batch carries none), if the model reads rationales.
+    fn rationale(&self, input: &SeqBatch<B>) -> Option<Tensor<B, 2>> {
+        let default = self.default_rationale.as_ref()?.val();
+        let [batch, _] = input.items.dims();
+        let [dim] = default.dims();
+        let default = default.unsqueeze::<2>().expand([batch, dim]);
+        Some(match &input.rationale {
+            Some(RationaleBatch { vectors, present }) => {
+                let present = present.clone().expand([batch, dim]);
+                vectors.clone() * present.clone() + default * present.neg().add_scalar(1.0)
+            }
+            None => default,
+        })
     }
 
     /// User states at every position `[batch, len, hidden]`.
     pub fn states(&self, input: &SeqBatch<B>) -> Tensor<B, 3> {
         let items = self.items.embed(input.items.clone());
-        match &self.backbone {
-            Backbone::SasRec(m) => m.forward(items, input),
+        let rationale = self.rationale(input);
+        let states = match &self.backbone {
+            Backbone::SasRec(m) => {
+                let prefix = self
+                    .rationale_token
+                    .as_ref()
+                    .zip(rationale.clone())
+                    .map(|(token, r)| token.forward(r));
+                m.forward(items, input, prefix)
+            }
             Backbone::Gru4Rec(m) => m.forward(items, input),
+        };
+        match rationale {
+            Some(r) => self.items.fuse_user(r, states.clone()).unwrap_or(states),
+            None => states,
         }
     }
 
@@ -234,6 +371,116 @@ mod tests {
         let loss: f32 = model.loss(&b).into_scalar();
         // Untrained: close to (1 + k) * ln 2.
         assert!((loss - 3.0 * 2f32.ln()).abs() < 0.5, "{loss}");
+    }
+
+    /// Two users with rationale vectors, a third without.
+    fn with_rationales(batch: SeqBatch<Cpu>, rows: &[usize]) -> SeqBatch<Cpu> {
+        use crate::recommend::rationale::UserText;
+        let text =
+            UserText::from_rows(&[Some(vec![1.0, 0.0, 0.0]), Some(vec![0.0, 1.0, 0.0]), None])
+                .unwrap();
+        SeqBatch {
+            rationale: Some(text.batch(rows, &device())),
+            ..batch
+        }
+    }
+
+    fn item_text() -> TextTable {
+        TextTable::from_rows(
+            &(0..10)
+                .map(|i| vec![i as f32 / 10.0, 1.0, 0.0])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn slim_states_depend_on_the_rationale_and_not_on_the_batch() {
+        let mut agnostic = ModelConfig::slim_agnostic();
+        agnostic.hidden = 16;
+        let mut slim = ModelConfig::slim(BackboneConfig::Gru4Rec(Gru4RecConfig::default()));
+        slim.hidden = 16;
+        for config in [
+            ModelConfig::slim(BackboneConfig::SasRec(SasRecConfig::default())),
+            slim,
+            agnostic,
+        ] {
+            let model = Recommender::<Cpu>::with_rationales(
+                &config,
+                10,
+                Some(&item_text()),
+                Some(3),
+                &device(),
+            )
+            .unwrap();
+            let hidden = config.hidden;
+            let seq = || SeqBatch::new(&[&[3, 1, 4], &[3, 1, 4]], 50, &device());
+            let states: Vec<f32> = model
+                .last_state(&with_rationales(seq(), &[0, 1]))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_ne!(
+                states[..hidden],
+                states[hidden..],
+                "{config:?}: same history, other rationale"
+            );
+            // Alone, or beside a longer user: the same state.
+            let alone = SeqBatch::new(&[&[3, 1, 4]], 50, &device());
+            let a: Vec<f32> = model
+                .last_state(&with_rationales(alone, &[1]))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let padded = SeqBatch::new(&[&[9, 9, 2, 6, 5, 3, 5], &[3, 1, 4]], 50, &device());
+            let p: Vec<f32> = model
+                .last_state(&with_rationales(padded, &[0, 1]))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            for (x, y) in a.iter().zip(&p[hidden..]) {
+                assert!((x - y).abs() < 1e-4, "{}: {x} vs {y}", config.name());
+            }
+            // A user without a rationale gets the default: the same as a batch without any.
+            let missing: Vec<f32> = model
+                .last_state(&with_rationales(
+                    SeqBatch::new(&[&[3, 1, 4]], 50, &device()),
+                    &[2],
+                ))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let none: Vec<f32> = model
+                .last_state(&SeqBatch::new(&[&[3, 1, 4]], 50, &device()))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_eq!(missing, none);
+        }
+    }
+
+    #[test]
+    fn rationale_models_are_checked_when_built() {
+        let slim = ModelConfig::slim(BackboneConfig::SasRec(SasRecConfig::default()));
+        let err = Recommender::<Cpu>::new(&slim, 10, Some(&item_text()), &device()).unwrap_err();
+        assert!(err.to_string().contains("none were given"), "{err}");
+        let err =
+            Recommender::<Cpu>::with_rationales(&slim, 10, Some(&item_text()), Some(5), &device())
+                .unwrap_err();
+        assert!(err.to_string().contains("same text encoder"), "{err}");
+        let mut gru = ModelConfig::slim_agnostic();
+        gru.backbone = BackboneConfig::Gru4Rec(Gru4RecConfig::default());
+        let err =
+            Recommender::<Cpu>::with_rationales(&gru, 10, Some(&item_text()), Some(3), &device())
+                .unwrap_err();
+        assert!(err.to_string().contains("g_t is a transformer"), "{err}");
+        let mut plus = ModelConfig::sasrec();
+        plus.rationale = true;
+        assert!(Recommender::<Cpu>::with_rationales(&plus, 10, None, Some(3), &device()).is_err());
+        assert_eq!(ModelConfig::slim_agnostic().name(), "sasrec~+r");
+        let mut labelled = ModelConfig::slim_agnostic();
+        labelled.label = Some("slim_agnostic".into());
+        assert_eq!(labelled.name(), "slim_agnostic");
     }
 
     #[test]

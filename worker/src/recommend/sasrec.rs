@@ -11,8 +11,8 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::Bool;
 use burn::tensor::activation::{relu, softmax};
+use burn::tensor::{Bool, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// SASRec's hyper-parameters (the item vector width is the model's `hidden`).
@@ -161,31 +161,49 @@ impl<B: Backend> SasRec<B> {
     }
 
     /// Hidden states `[batch, len, hidden]` from item vectors `[batch, len, hidden]`.
-    pub fn forward(&self, items: Tensor<B, 3>, input: &SeqBatch<B>) -> Tensor<B, 3> {
-        let [batch, len, _] = items.dims();
+    ///
+    /// `prefix` `[batch, hidden]`, when given, is one more token in front of the sequence
+    /// (after its padding in effect: padded keys are masked), visible to every position and
+    /// without a position embedding; its own output is dropped. SLIM's ID-agnostic model puts
+    /// the user's rationale vector there.
+    pub fn forward(
+        &self,
+        items: Tensor<B, 3>,
+        input: &SeqBatch<B>,
+        prefix: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 3> {
+        let [batch, len, hidden] = items.dims();
         let device = items.device();
-        let keep = input
-            .padding
-            .clone()
-            .bool_not()
-            .float()
-            .unsqueeze_dim::<3>(2);
+        let mut padding = input.padding.clone();
+        let mut keep = padding.clone().bool_not().float().unsqueeze_dim::<3>(2);
         let x = items.mul_scalar((self.hidden as f32).sqrt())
             + self.positions.forward(input.positions.clone());
         let mut x = self.dropout.forward(x) * keep.clone();
+        let offset = usize::from(prefix.is_some());
+        if let Some(prefix) = prefix {
+            let prefix = self.dropout.forward(prefix).unsqueeze_dim::<3>(1);
+            x = Tensor::cat(vec![prefix, x], 1);
+            let never = Tensor::<B, 2, Bool>::from_data(
+                TensorData::new(vec![false; batch], [batch, 1]),
+                &device,
+            );
+            padding = Tensor::cat(vec![never, padding], 1);
+            keep = Tensor::cat(vec![Tensor::ones([batch, 1, 1], &device), keep], 1);
+        }
+        let total = len + offset;
         // Forbidden: future keys (causal) and padded keys.
-        let causal = Tensor::<B, 2, Bool>::tril_mask([len, len], 0, &device)
+        let causal = Tensor::<B, 2, Bool>::tril_mask([total, total], 0, &device)
             .unsqueeze::<4>()
-            .expand([batch, 1, len, len]);
-        let padded = input
-            .padding
-            .clone()
-            .reshape([batch, 1, 1, len])
-            .expand([batch, 1, len, len]);
+            .expand([batch, 1, total, total]);
+        let padded = padding
+            .reshape([batch, 1, 1, total])
+            .expand([batch, 1, total, total]);
         let mask = causal.bool_or(padded);
         for block in &self.blocks {
             x = block.forward(x, mask.clone()) * keep.clone();
         }
-        self.last_norm.forward(x)
+        self.last_norm
+            .forward(x)
+            .slice([0..batch, offset..total, 0..hidden])
     }
 }

@@ -11,6 +11,7 @@
 use super::data::{Interactions, TrainSampler, eval_batches};
 use super::item::TextTable;
 use super::model::{ModelConfig, Recommender};
+use super::rationale::UserText;
 use anyhow::{Context, Result, ensure};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use slim_shared::eval::{
     Buckets, CandidateSampler, Candidates, EvalReport, Evaluation, NEGATIVES, Split,
 };
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The training loop's settings.
@@ -170,11 +172,13 @@ pub fn write_reference_inputs(
     Ok(())
 }
 
-/// Ranks `candidates` (rows in the order of `data.users`) with `model`.
+/// Ranks `candidates` (rows in the order of `data.users`) with `model`; `rationales` (by
+/// user row) for models that read them.
 pub fn evaluate<B: Backend>(
     model: &Recommender<B>,
     data: &Interactions,
     candidates: &Candidates,
+    rationales: Option<&UserText>,
     max_len: usize,
     batch_size: usize,
     buckets: Buckets,
@@ -182,7 +186,8 @@ pub fn evaluate<B: Backend>(
     let popularity = data.popularity();
     let mut evaluation = Evaluation::new(buckets);
     let device = model.devices().into_iter().next().unwrap_or_default();
-    for (rows, batch) in eval_batches::<B>(data, candidates, max_len, batch_size, &device) {
+    let batches = eval_batches::<B>(data, candidates, rationales, max_len, batch_size, &device);
+    for (rows, batch) in batches {
         let users = model.last_state(&batch.input);
         let scores: Vec<f32> = model
             .score(users, batch.candidates)
@@ -211,12 +216,53 @@ pub fn train<B: AutodiffBackend>(
     config: &TrainConfig,
     device: &B::Device,
 ) -> Result<TrainReport> {
+    train_with_rationales::<B>(data, model_config, text, None, config, device)
+}
+
+/// [`train`] for models that also read the users' rationale vectors (`rationales`, one row
+/// per user of `data` in its order; required exactly when `model_config.rationale` is set).
+pub fn train_with_rationales<B: AutodiffBackend>(
+    data: &Interactions,
+    model_config: &ModelConfig,
+    text: Option<&TextTable>,
+    rationales: Option<&UserText>,
+    config: &TrainConfig,
+    device: &B::Device,
+) -> Result<TrainReport> {
     let started = Instant::now();
     let name = model_config.name();
     ensure!(
         config.epochs > 0 && config.eval_every > 0 && config.negatives > 0,
         "train: epochs, eval_every and negatives must be positive"
     );
+    ensure!(
+        model_config.rationale == rationales.is_some(),
+        "{name}: the model {} rationale vectors but they were {}",
+        if model_config.rationale {
+            "reads"
+        } else {
+            "does not read"
+        },
+        if rationales.is_some() {
+            "given"
+        } else {
+            "not given"
+        }
+    );
+    if let Some(r) = rationales {
+        ensure!(
+            r.users() == data.users.len(),
+            "{name}: {} rationale rows for {} users",
+            r.users(),
+            data.users.len()
+        );
+        tracing::info!(
+            model = %name,
+            users = r.users(),
+            with_rationale = r.covered(),
+            "rationale vectors (users without one get the learned default)"
+        );
+    }
     let valid = eval_candidates(
         data,
         config.candidate_seed,
@@ -229,19 +275,28 @@ pub fn train<B: AutodiffBackend>(
         config.eval_negatives,
         Split::Test,
     )?;
-    let sampler = TrainSampler::new(
+    let mut sampler = TrainSampler::new(
         data,
         model_config.max_len,
         config.batch_size,
         config.negatives,
     );
+    if let Some(r) = rationales {
+        sampler = sampler.with_rationales(Arc::new(r.clone()));
+    }
     ensure!(
         !sampler.is_empty(),
         "no user has two training items: nothing to learn from"
     );
 
     B::seed(device, config.seed);
-    let mut model = Recommender::<B>::new(model_config, data.num_items, text, device)?;
+    let mut model = Recommender::<B>::with_rationales(
+        model_config,
+        data.num_items,
+        text,
+        rationales.map(|r| r.dim),
+        device,
+    )?;
     let mut optimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let evaluate_valid = |m: &Recommender<B::InnerBackend>| {
@@ -249,6 +304,7 @@ pub fn train<B: AutodiffBackend>(
             m,
             data,
             &valid,
+            rationales,
             model_config.max_len,
             config.eval_batch_size,
             Buckets::default(),
@@ -316,6 +372,7 @@ pub fn train<B: AutodiffBackend>(
         &best_model,
         data,
         &test,
+        rationales,
         model_config.max_len,
         config.eval_batch_size,
         Buckets::default(),
