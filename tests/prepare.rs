@@ -14,16 +14,17 @@ fn summary(dir: &std::path::Path, job: &str) -> Value {
 #[test]
 fn prepares_the_video_games_sample() {
     let out = tempfile::tempdir().unwrap();
+    // The games job prepares the whole sample (the demo takes a slice of it).
     let stdout = slim_ok(&[
         "prepare",
-        "jobs/demo.toml",
+        "jobs/games.toml",
         "--quiet",
         "--output",
         out.path().to_str().unwrap(),
     ]);
     assert!(stdout.contains("50335 users"), "{stdout}");
 
-    let s = summary(out.path(), "demo");
+    let s = summary(out.path(), "games");
     // The sample is 5-core over full histories, but its rows keep only the last 50 items, so
     // the k-core filter removes a few more (counts checked against the pandas peer in
     // benches/ingest_pandas.py).
@@ -35,11 +36,11 @@ fn prepares_the_video_games_sample() {
     assert_eq!(s["items_without_meta"], 0);
     assert_eq!(s["sequence_length"]["min"], 5);
     assert_eq!(s["sequence_length"]["max"], 50);
-    assert_eq!(s["teacher_sample"], 64);
-    assert_eq!(s["shards"], 51);
+    assert_eq!(s["teacher_sample"], 6000);
+    assert_eq!(s["shards"], 101);
 
     let users = pyarrow_describe(
-        &out.path().join("demo/data/users.parquet"),
+        &out.path().join("games/data/users.parquet"),
         "{'sample': sum(t.column('in_teacher_sample').to_pylist()), 'max_shard': max(t.column('shard').to_pylist()), 'hist0': t.column('history')[0].as_py(), 'valid0': t.column('valid_item')[0].as_py(), 'test0': t.column('test_item')[0].as_py()}",
     );
     assert_eq!(users["rows"], 50335);
@@ -58,8 +59,8 @@ fn prepares_the_video_games_sample() {
     );
     assert_eq!(users["types"]["history"], "list<item: uint32>");
     assert_eq!(users["compression"], "ZSTD");
-    assert_eq!(users["extra"]["sample"], 64);
-    assert_eq!(users["extra"]["max_shard"], 50);
+    assert_eq!(users["extra"]["sample"], 6000);
+    assert_eq!(users["extra"]["max_shard"], 100);
     // User 0 of the file: history 0..=13 then target 14, so valid = 13, test = 14 and the
     // training history is items 0..=12 in order (item indices follow first appearance).
     assert_eq!(
@@ -70,7 +71,7 @@ fn prepares_the_video_games_sample() {
     assert_eq!(users["extra"]["test0"], 14);
 
     let items = pyarrow_describe(
-        &out.path().join("demo/data/items.parquet"),
+        &out.path().join("games/data/items.parquet"),
         "{'title0': t.column('title')[0].as_py(), 'meta': sum(t.column('has_meta').to_pylist()), 'amp': sum('&amp;' in (x or '') for x in t.column('title').to_pylist())}",
     );
     assert_eq!(items["rows"], 16428);
@@ -79,7 +80,7 @@ fn prepares_the_video_games_sample() {
     assert_eq!(items["extra"]["amp"], 0, "HTML entities are decoded");
 
     let marker: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("demo/data/_SUCCESS")).unwrap(),
+        &std::fs::read_to_string(out.path().join("games/data/_SUCCESS")).unwrap(),
     )
     .unwrap();
     let parts = marker["parts"].as_array().unwrap();
@@ -166,7 +167,12 @@ fn validate_reports_every_problem_with_its_key() {
     );
     assert!(text.contains("3 problems"), "{text}");
 
-    for job in ["jobs/demo.toml", "jobs/gift_cards.toml"] {
+    for job in [
+        "jobs/demo.toml",
+        "jobs/games.toml",
+        "jobs/gift_cards.toml",
+        "jobs/template.toml",
+    ] {
         let out = slim_ok(&["validate", job]);
         assert!(out.contains("ok"), "{out}");
     }

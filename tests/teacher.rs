@@ -28,9 +28,15 @@ impl Server {
             "{} is missing: run `make models`",
             model.display()
         );
+        Self::start_with(&model, &[])
+    }
+
+    /// `slim serve --model MODEL EXTRA...` on a free port.
+    fn start_with(model: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_slim"))
             .args(["serve", "--port", "0", "--max-batch", "4", "--model"])
-            .arg(&model)
+            .arg(model)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -230,13 +236,84 @@ fn teacher_over_slim_serve_writes_parseable_rationales_for_real_games_users() {
     assert!(stdout.contains("requests 0,"), "{stdout}");
 }
 
+/// The greedy answer of a `slim serve` to one chat message, over plain HTTP.
+fn ask(server: &Server, content: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = server
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+        "temperature": 0.0,
+    })
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let json = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("not a JSON answer ({e}): {response}"));
+    value["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content: {value}"))
+        .to_string()
+}
+
 #[test]
-fn serve_refuses_an_adapter_until_lora_exists() {
-    let out = slim(&["serve", "--adapter", "/nonexistent/adapter"]);
+fn serve_merges_a_lora_adapter_into_the_model() {
+    use slim_worker::backend::{Backend, device};
+    use slim_worker::llm::lora::{LoraAdapters, LoraConfig, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    slim_worker::llm::tiny::write_tiny_chat_model(&model, 5).unwrap();
+    let engine = slim_worker::llm::Engine::<Backend>::load(&model, &device()).unwrap();
+    let config = LoraConfig {
+        rank: 4,
+        alpha: 64.0,
+        dropout: 0.0,
+        targets: vec![Target::Q, Target::V, Target::Up, Target::Down],
+    };
+    let mut adapters = LoraAdapters::init(&engine.model, &config, 3, &device()).unwrap();
+    // A strong non-zero B, so the merged model answers differently.
+    for layer in &mut adapters.layers {
+        for pair in [&mut layer.q, &mut layer.v, &mut layer.up, &mut layer.down]
+            .into_iter()
+            .flatten()
+        {
+            let b = pair.b.val().ones_like().mul_scalar(0.5);
+            pair.b = burn::module::Param::from_tensor(b);
+        }
+    }
+    let adapter = dir.path().join("adapter");
+    adapters.save_peft(&adapter, &config, "tiny").unwrap();
+
+    let question = "Which game should I play next?";
+    let base = ask(&Server::start_with(&model, &[]), question);
+    let adapted_server = Server::start_with(&model, &["--adapter", adapter.to_str().unwrap()]);
+    let adapted = ask(&adapted_server, question);
+    assert_ne!(base, adapted, "the adapter changes the answers");
+    assert_eq!(
+        ask(&adapted_server, question),
+        adapted,
+        "greedy answers repeat"
+    );
+}
+
+#[test]
+fn serve_names_a_missing_adapter_folder() {
+    let out = slim(&["serve", "--port", "0", "--adapter", "/nonexistent/adapter"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("LoRA adapters are not supported yet"),
+        stderr.contains("/nonexistent/adapter") && stderr.contains("adapter_config.json"),
         "{stderr}"
     );
 }

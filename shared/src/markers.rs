@@ -84,9 +84,13 @@ pub fn task_marker_key(job_id: &str, stage: Stage, shard: u32) -> String {
     shard_record_key(job_id, "_markers", stage, shard)
 }
 
-/// `{job}/{stage folder}/_SUCCESS`
+/// `{job}/{stage folder}/_SUCCESS` (`student/_SUCCESS_distill` for distill, whose folder is
+/// the student's).
 pub fn stage_manifest_key(job_id: &str, stage: Stage) -> String {
-    job_key(job_id, &format!("{}/_SUCCESS", stage.folder()))
+    job_key(
+        job_id,
+        &format!("{}/{}", stage.folder(), stage.success_file()),
+    )
 }
 
 /// Why a task failed: the worker's last error (`_errors/`) or the coordinator's failure record
@@ -477,6 +481,14 @@ mod tests {
         };
         write_stage_manifest(&store, &manifest).await.unwrap();
         assert_eq!(stage_manifest_key("j", Stage::Prepare), "j/data/_SUCCESS");
+        assert_eq!(
+            stage_manifest_key("j", Stage::Distill),
+            "j/student/_SUCCESS_distill"
+        );
+        assert_eq!(
+            stage_manifest_key("j", Stage::Student),
+            "j/student/_SUCCESS"
+        );
         assert_eq!(
             read_stage_manifest(&store, "j", Stage::Prepare)
                 .await

@@ -77,6 +77,15 @@ impl Stage {
         }
     }
 
+    /// The name of the stage's completion record in its folder. Distill and student share
+    /// `student/`, so distill's has its own name.
+    pub fn success_file(self) -> &'static str {
+        match self {
+            Stage::Distill => "_SUCCESS_distill",
+            _ => "_SUCCESS",
+        }
+    }
+
     /// Whether the stage has one task per user shard (otherwise it is a single task, shard 0).
     pub fn is_sharded(self) -> bool {
         matches!(

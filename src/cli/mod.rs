@@ -136,6 +136,10 @@ pub enum Command {
         /// Milliseconds between looks at the store when no event arrives.
         #[arg(long, env = "SLIM_POLL_MS", default_value_t = 1000)]
         poll_ms: u64,
+        /// Exit once no registered job is left: 0 when every job it drove succeeded, 1 when
+        /// one failed, 2 when stopped before the end (for a Kubernetes Job).
+        #[arg(long, env = "SLIM_UNTIL_DONE")]
+        until_done: bool,
     },
     /// Run a worker: takes tasks from RabbitMQ and runs them (until SIGTERM).
     Worker {
@@ -184,6 +188,8 @@ pub enum BenchCommand {
     Encode(bench::EncodeBenchArgs),
     /// LLM prefill and decode tokens/s at several batch sizes, and peak memory.
     Generate(bench::GenerateBenchArgs),
+    /// LoRA fine-tuning tokens/s and peak memory on the student base model.
+    Finetune(bench::FinetuneBenchArgs),
 }
 
 pub fn init_logging(args: &LogArgs) {
@@ -240,8 +246,13 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             overrides.apply(&mut loaded)?;
             cluster::submit(&loaded).await
         }
-        Command::Coordinator { cluster, poll_ms } => {
-            cluster::coordinator(&cluster, std::time::Duration::from_millis(poll_ms.max(10))).await
+        Command::Coordinator {
+            cluster,
+            poll_ms,
+            until_done,
+        } => {
+            let poll = std::time::Duration::from_millis(poll_ms.max(10));
+            cluster::coordinator(&cluster, poll, until_done).await
         }
         Command::Worker { cluster, worker } => cluster::worker(&cluster, &worker).await,
         Command::Status(args) => cluster::status(&args).await,
@@ -252,6 +263,10 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Encode(args)) => {
             bench::encode(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Finetune(args)) => {
+            bench::finetune(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Generate(args)) => {

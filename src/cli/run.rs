@@ -143,7 +143,15 @@ pub async fn run(loaded: LoadedManifest, progress: bool) -> Result<ExitCode> {
         if !store.exists(&report).await? {
             slim_shared::report::write_report(store.as_ref(), &job_id).await?;
         }
-        println!("report: {} (slim report {job_id})", store.location(&report));
+        let markdown = store
+            .get(&report)
+            .await
+            .with_context(|| format!("reading {}", store.location(&report)))?;
+        println!("\n{}", String::from_utf8_lossy(&markdown).trim_end());
+        println!(
+            "\nreport: {} (slim report {job_id})",
+            store.location(&report)
+        );
     }
     println!("outputs: {}", root.join(&job_id));
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,7 @@
 //! `slim_worker::chat::server`). Prints `listening on http://ADDR` on stdout once it accepts
 //! connections, so scripts and tests can start it on port 0 and read the port.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use slim_worker::chat::local::LocalChat;
 use slim_worker::llm::default_model_path;
@@ -24,7 +24,9 @@ pub struct ServeArgs {
     /// 0 picks a free port.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// A finished job's LoRA adapter folder to merge into the model.
+    /// A LoRA adapter folder to merge into the model: PEFT's layout
+    /// (`adapter_model.safetensors` + `adapter_config.json`) or a finished job's `student/`
+    /// folder (`adapter.safetensors` + `adapter.json`).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Requests generated together at most (those that arrive while a batch runs wait for the
@@ -34,12 +36,6 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    if let Some(adapter) = &args.adapter {
-        bail!(
-            "--adapter {}: LoRA adapters are not supported yet (serve the base model without --adapter)",
-            adapter.display()
-        );
-    }
     let model = args.model.clone().unwrap_or_else(default_model_path);
     let name = args.name.clone().unwrap_or_else(|| {
         model.file_name().map_or_else(
@@ -47,9 +43,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             |n| n.to_string_lossy().into_owned(),
         )
     });
-    let max_batch = args.max_batch;
-    let chat =
-        tokio::task::spawn_blocking(move || LocalChat::load(&model, &name, max_batch)).await??;
+    let (max_batch, adapter) = (args.max_batch, args.adapter.clone());
+    let chat = tokio::task::spawn_blocking(move || {
+        LocalChat::load_adapted(&model, adapter.as_deref(), &name, max_batch)
+    })
+    .await??;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing the SIGTERM handler");

@@ -13,7 +13,6 @@ use slim_shared::stage::Stage;
 use slim_shared::store::Store;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tracing::Instrument;
 
 /// Everything a task needs.
 pub struct TaskContext {
@@ -43,6 +42,33 @@ impl TaskContext {
             })?;
         Ok(part)
     }
+
+    /// Every Parquet part under the job's `folder` (e.g. `teacher`), read whole, in key order:
+    /// `(location, bytes)`. Empty when the folder has none.
+    pub async fn read_parts(&self, folder: &str) -> Result<Vec<(String, bytes::Bytes)>> {
+        let prefix = format!("{}/", markers::job_key(self.job.job_id(), folder));
+        let mut objects = self
+            .store
+            .list(&prefix)
+            .await
+            .with_context(|| format!("listing {}", self.store.location(&prefix)))?;
+        objects.retain(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or_default();
+            name.starts_with("part-") && name.ends_with(".parquet")
+        });
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut parts = Vec::with_capacity(objects.len());
+        for object in objects {
+            let location = self.store.location(&object.key).to_string();
+            let bytes = self
+                .store
+                .get(&object.key)
+                .await
+                .with_context(|| format!("reading {location}"))?;
+            parts.push((location, bytes));
+        }
+        Ok(parts)
+    }
 }
 
 /// What a task produced.
@@ -71,6 +97,8 @@ impl Registry {
         registry.register(Arc::new(crate::stages::prepare::PrepareExecutor));
         registry.register(Arc::new(crate::stages::probe::ProbeExecutor::default()));
         registry.register(Arc::new(crate::stages::teacher::TeacherExecutor::default()));
+        registry.register(Arc::new(crate::stages::distill::DistillExecutor));
+        registry.register(Arc::new(crate::stages::student::StudentExecutor::default()));
         registry.register(Arc::new(crate::stages::encode::EncodeExecutor::default()));
         registry.register(Arc::new(crate::stages::train::TrainExecutor));
         registry
@@ -122,11 +150,9 @@ pub async fn run_task(registry: &Registry, ctx: &TaskContext, stage: Stage) -> R
     let executor = registry
         .get(stage)
         .with_context(|| format!("this worker has no executor for the {stage} stage"))?;
-    let span = tracing::info_span!("task", job = %job_id, %stage, shard = ctx.shard, attempt = ctx.attempt);
-    // `instrument`, not `span.enter()`: a guard held across an await breaks the span stack.
+    // The caller's `task` span (the worker loop's) gives every log line job, stage and shard.
     let result = executor
         .execute(ctx)
-        .instrument(span)
         .await
         .with_context(|| format!("{stage} shard {} of job {job_id}", ctx.shard))?;
     let marker = TaskMarker {

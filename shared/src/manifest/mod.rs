@@ -139,6 +139,9 @@ pub enum TeacherBackend {
     Openai,
     /// The in-process LLM engine.
     Local,
+    /// No model: three-step answers built from the prompt's purchases (rehearsals and tests;
+    /// see `slim_worker::chat::rehearsal`).
+    Rehearsal,
 }
 
 /// `[teacher]`: the large model that writes rationales for U'.
@@ -199,11 +202,12 @@ impl Default for TeacherSection {
     }
 }
 
-/// `[student]`: the small model distilled with LoRA.
+/// `[student]`: the small model distilled with LoRA (the `distill` stage trains it on the
+/// teacher's rationales; the `student` stage runs it for every user).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StudentSection {
-    /// Base model path (GGUF file or safetensors folder).
+    /// Base model path (GGUF file, a folder holding one, or a safetensors folder).
     pub base_model: String,
     pub lora_rank: u32,
     pub lora_alpha: f32,
@@ -212,9 +216,25 @@ pub struct StudentSection {
     pub lora_targets: Vec<String>,
     pub learning_rate: f64,
     pub epochs: u32,
+    /// Examples per micro-batch.
     pub batch_size: u32,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation: u32,
+    /// Linear warm-up steps before the cosine decay.
+    pub warmup_steps: u32,
+    /// Prompt plus answer tokens per training example (the prompt loses its oldest tokens).
     pub max_seq_len: u32,
+    /// Share of the teacher's rationales held out for validation loss.
+    pub validation_fraction: f32,
+    /// A checkpoint goes to the store every this many optimizer steps (and at each epoch's
+    /// end); a restarted distill task resumes from the last one.
+    pub checkpoint_every: u32,
+    /// Longest rationale the student writes, in tokens.
     pub max_new_tokens: u32,
+    /// Users generated together in one batch by the student stage.
+    pub generation_batch: u32,
+    /// Tokens of purchase history a student prompt may hold (oldest items dropped first).
+    pub history_token_budget: u32,
     /// Prompt template override for the student (default: the simplified prompt).
     pub prompt_template: Option<String>,
 }
@@ -230,8 +250,14 @@ impl Default for StudentSection {
             learning_rate: 2e-4,
             epochs: 1,
             batch_size: 4,
+            gradient_accumulation: 1,
+            warmup_steps: 10,
             max_seq_len: 512,
+            validation_fraction: 0.1,
+            checkpoint_every: 20,
             max_new_tokens: 256,
+            generation_batch: 16,
+            history_token_budget: 256,
             prompt_template: None,
         }
     }
@@ -268,7 +294,11 @@ pub struct TrainSection {
     /// Any of gru4rec, sasrec, srgnn (srgnn is not implemented yet).
     pub backbones: Vec<String>,
     /// Any of id, plus, slim, slim_minus, slim_agnostic, step1, step2, step3, popularity.
-    /// This build trains id, plus and popularity; the others are refused when the job trains.
+    /// `id` and `plus` (ID + item text) and the ID-based SLIM fusion `slim` (student
+    /// rationales) and `slim_minus` (teacher rationales) run on every backbone; the ID-agnostic
+    /// `slim_agnostic` and its `step1`..`step3` ablations (a transformer over text vectors, no
+    /// backbone) run once per seed; `popularity` once. Text variants need the encode stage's
+    /// vectors; users without a rationale vector get a learned default.
     pub variants: Vec<String>,
     pub seeds: Vec<u64>,
     pub epochs: u32,
@@ -287,7 +317,9 @@ impl Default for TrainSection {
     fn default() -> Self {
         Self {
             backbones: vec!["sasrec".into()],
-            variants: ["id", "plus", "popularity"].map(String::from).to_vec(),
+            variants: ["id", "plus", "slim", "popularity"]
+                .map(String::from)
+                .to_vec(),
             seeds: vec![1, 2, 3, 4, 5],
             epochs: 50,
             batch_size: 256,
@@ -383,6 +415,8 @@ impl LoadedManifest {
         if manifest.teacher.backend == TeacherBackend::Local {
             manifest.teacher.model = absolute(&manifest.teacher.model);
         }
+        manifest.student.base_model = absolute(&manifest.student.base_model);
+        manifest.encoder.model = absolute(&manifest.encoder.model);
         manifest
     }
 

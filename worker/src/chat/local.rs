@@ -45,8 +45,27 @@ pub struct LocalChat {
 impl LocalChat {
     /// Loads a model (blocking: call from a blocking thread) and starts its engine thread.
     pub fn load(path: &Path, name: &str, max_batch: usize) -> Result<Self> {
-        let engine = Engine::<Backend>::load(path, &backend::device())
+        Self::load_adapted(path, None, name, max_batch)
+    }
+
+    /// [`LocalChat::load`] with a LoRA adapter folder (PEFT layout, or a job's `student/`
+    /// folder) merged into the model.
+    pub fn load_adapted(
+        path: &Path,
+        adapter: Option<&Path>,
+        name: &str,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let device = backend::device();
+        let mut engine = Engine::<Backend>::load(path, &device)
             .with_context(|| format!("loading the model {}", path.display()))?;
+        if let Some(dir) = adapter {
+            let (adapters, config) =
+                crate::llm::lora::LoraAdapters::load_peft(dir, &engine.model, &device)
+                    .with_context(|| format!("loading the adapter in {}", dir.display()))?;
+            engine.model.merge(&adapters)?;
+            tracing::info!(adapter = %dir.display(), rank = config.rank, "merged the LoRA adapter");
+        }
         Ok(Self::start(engine, name, max_batch))
     }
 

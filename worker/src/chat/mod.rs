@@ -5,6 +5,8 @@
 //!   llama.cpp server, Ollama, `slim serve`), built for batch work: bounded concurrency, request
 //!   and token rate limits, timeouts, retries with backoff that honour `Retry-After`.
 //! - [`local`]: the in-process LLM engine, batched.
+//! - [`rehearsal`]: no model at all: three-step answers built from the prompt's purchases, for
+//!   rehearsing a deployment and testing the pipeline without paying for a teacher.
 //! - [`cache`]: a wrapper that answers repeated requests from the job's store.
 //! - [`server`]: the other side: `slim serve`, an OpenAI-compatible server over the engine.
 //! - [`wire`]: the JSON shapes both sides use.
@@ -14,6 +16,7 @@
 pub mod cache;
 pub mod local;
 pub mod openai;
+pub mod rehearsal;
 pub mod server;
 pub mod wire;
 
