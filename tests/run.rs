@@ -11,9 +11,9 @@ fn run_executes_available_stages_and_a_rerun_skips_them() {
     // Only prepare: the model stages have their own tests.
     let run = ["run", "--quiet", "--output", output, "--stages", "prepare"];
     let first = slim_ok(&run);
-    // The demo's slice: the first 600 users of the sample.
+    // The demo's slice: the first 300 users of the sample.
     assert!(
-        first.contains("prepare: done (interactions 8510,") && first.contains("users 600)"),
+        first.contains("prepare: done (interactions 3928,") && first.contains("users 300)"),
         "{first}"
     );
 
