@@ -547,3 +547,48 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Every probe part of a finished job, read with pyarrow: shard -> user ids.
+pub fn probe_parts(job: &Path) -> BTreeMap<u32, Vec<String>> {
+    let script = r#"
+import glob, json, os, sys, pyarrow.parquet as pq
+parts = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "part-*.parquet"))):
+    shard = int(os.path.basename(path)[len("part-"):-len(".parquet")])
+    parts[shard] = pq.read_table(path).column("user_id").to_pylist()
+print(json.dumps(parts))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(job.join("probe"))
+        .output()
+        .expect("python3 runs (install pyarrow: pip install pyarrow)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parts: BTreeMap<String, Vec<String>> = serde_json::from_slice(&out.stdout).unwrap();
+    parts
+        .into_iter()
+        .map(|(shard, ids)| (shard.parse().unwrap(), ids))
+        .collect()
+}
+
+/// A probe job's outputs: one part per shard, and every user exactly once across them.
+pub fn assert_complete_once(job: &Path) {
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(job.join("data/summary.json")).unwrap()).unwrap();
+    let users = summary["users"].as_u64().unwrap();
+    let shards = summary["shards"].as_u64().unwrap() as u32;
+    let parts = probe_parts(job);
+    assert_eq!(
+        parts.keys().copied().collect::<Vec<_>>(),
+        (0..shards).collect::<Vec<_>>(),
+        "one part per shard"
+    );
+    let all: Vec<&String> = parts.values().flatten().collect();
+    let unique: std::collections::BTreeSet<&String> = all.iter().copied().collect();
+    assert_eq!(all.len() as u64, users, "no missing and no duplicated rows");
+    assert_eq!(unique.len(), all.len(), "no user twice");
+}

@@ -8,7 +8,9 @@ pub mod cluster;
 
 // Not every test binary runs a cluster.
 #[allow(unused_imports)]
-pub use cluster::{Cluster, Metrics, Proc, Role, WAIT, amqp_url, json_lines};
+pub use cluster::{
+    Cluster, Metrics, Proc, Role, WAIT, amqp_url, assert_complete_once, json_lines, probe_parts,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
