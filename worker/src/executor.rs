@@ -71,6 +71,19 @@ impl TaskContext {
     }
 }
 
+/// Runs blocking work (model loading, training, encoding) on tokio's blocking pool inside the
+/// caller's tracing span, so its log lines carry the task's job, stage and shard too.
+pub async fn blocking<T, F>(work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .context("blocking work panicked")
+}
+
 /// What a task produced.
 #[derive(Debug, Default)]
 pub struct TaskResult {

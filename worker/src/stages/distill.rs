@@ -101,7 +101,7 @@ impl StageExecutor for DistillExecutor {
         let progress = ctx.progress;
         let handle = tokio::runtime::Handle::current();
         let checkpoint_key = job_key(&job_id, CHECKPOINT_KEY);
-        let trained = tokio::task::spawn_blocking(move || {
+        let trained = crate::executor::blocking(move || {
             let save = move |bytes: Vec<u8>| {
                 handle
                     .block_on(store.put(&checkpoint_key, bytes.into()))

@@ -72,7 +72,7 @@ impl StageExecutor for EncodeExecutor {
         let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
         let enc = encoder.clone();
         let vectors =
-            tokio::task::spawn_blocking(move || embed_unique(&enc, &texts, batch)).await??;
+            crate::executor::blocking(move || embed_unique(&enc, &texts, batch)).await??;
         let bytes = schema::write_embeddings(
             vec![
                 (
@@ -112,7 +112,7 @@ impl StageExecutor for EncodeExecutor {
             }
             let enc = encoder.clone();
             let vectors =
-                tokio::task::spawn_blocking(move || embed_unique(&enc, &texts, batch)).await??;
+                crate::executor::blocking(move || embed_unique(&enc, &texts, batch)).await??;
             let per_field: Vec<&[Vec<f32>]> = vectors.chunks(rows.len().max(1)).collect();
             let names = ["rationale", "step1", "step2", "step3"];
             let columns = names
@@ -154,7 +154,7 @@ impl EncodeExecutor {
         {
             return Ok(encoder.clone());
         }
-        let encoder = tokio::task::spawn_blocking(move || {
+        let encoder = crate::executor::blocking(move || {
             TextEncoder::<Backend>::load(&model, max_length, &backend::device())
         })
         .await??;

@@ -77,7 +77,7 @@ impl ProbeExecutor {
             .await
             .with_context(|| format!("reading {key}"))?;
         let users = Arc::new(
-            tokio::task::spawn_blocking(move || schema::read_users(bytes, "data/users.parquet"))
+            crate::executor::blocking(move || schema::read_users(bytes, "data/users.parquet"))
                 .await??,
         );
         *self.users.lock().unwrap_or_else(|e| e.into_inner()) = Some((digest, users.clone()));

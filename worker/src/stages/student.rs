@@ -65,7 +65,7 @@ impl StudentExecutor {
         let config =
             String::from_utf8(config.to_vec()).context("student/adapter.json is not UTF-8")?;
         let settings = s.clone();
-        let chat = tokio::task::spawn_blocking(move || {
+        let chat = crate::executor::blocking(move || {
             load_student(&base, &weights, &config, &hash[..12], &settings)
         })
         .await??;

@@ -71,7 +71,7 @@ impl TeacherExecutor {
                     .map_or_else(|| t.model.clone(), |n| n.to_string_lossy().into_owned());
                 let batch = t.concurrency.max(1) as usize;
                 Arc::new(
-                    tokio::task::spawn_blocking(move || LocalChat::load(&path, &name, batch))
+                    crate::executor::blocking(move || LocalChat::load(&path, &name, batch))
                         .await??,
                 )
             }

@@ -119,7 +119,7 @@ impl StageExecutor for TrainExecutor {
 
         let started = Instant::now();
         type Trained = (Vec<RunMetricsRow>, Option<usize>);
-        let (rows, covered) = tokio::task::spawn_blocking(move || -> Result<Trained> {
+        let (rows, covered) = crate::executor::blocking(move || -> Result<Trained> {
             let users = schema::read_users(users, "data/users.parquet")?;
             let items = schema::read_items(items, "data/items.parquet")?;
             let data = Interactions::from_rows(users, &items)?;
@@ -136,8 +136,7 @@ impl StageExecutor for TrainExecutor {
             let rows = run_one(&run, &data, model.as_ref(), inputs, &config, started)?;
             Ok((rows, rationales.as_ref().map(UserText::covered)))
         })
-        .await
-        .context("the training thread panicked")??;
+        .await??;
 
         let mut result = TaskResult::default();
         let test_all = rows.iter().find(|r| r.split == "test" && r.bucket == "all");
