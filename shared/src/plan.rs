@@ -55,42 +55,12 @@ pub async fn task_count(store: &dyn Store, job_id: &str, stage: Stage) -> Result
 /// The model-free variant: trained once, whatever the backbones and seeds.
 pub const POPULARITY: &str = "popularity";
 
-/// Backbones and variants this build trains; the others are refused with
-/// [`not_implemented`]'s message.
-pub const IMPLEMENTED_BACKBONES: &[&str] = &["gru4rec", "sasrec"];
-pub const IMPLEMENTED_VARIANTS: &[&str] = &[
-    "id",
-    "plus",
-    "slim",
-    "slim_minus",
-    "slim_agnostic",
-    "step1",
-    "step2",
-    "step3",
-    POPULARITY,
-];
-
 /// The ID-agnostic variants: SLIM's transformer `g_t` over text vectors, which has no ID
 /// backbone, so they are trained once per seed whatever the backbones.
 pub const ID_AGNOSTIC_VARIANTS: &[&str] = &["slim_agnostic", "step1", "step2", "step3"];
 
 pub fn is_id_agnostic(variant: &str) -> bool {
     ID_AGNOSTIC_VARIANTS.contains(&variant)
-}
-
-/// Why a backbone or variant named in `[train]` cannot run in this build, if it cannot.
-/// Unknown names are the manifest validation's business, not this function's.
-pub fn not_implemented(kind: &str, name: &str) -> Option<String> {
-    let implemented = match kind {
-        "backbone" => IMPLEMENTED_BACKBONES,
-        _ => IMPLEMENTED_VARIANTS,
-    };
-    (!implemented.contains(&name)).then(|| {
-        format!(
-            "the {kind} `{name}` is not implemented yet in this build of slim (available: {})",
-            implemented.join(", ")
-        )
-    })
 }
 
 /// One run of the `train` stage: one task.
@@ -244,27 +214,5 @@ mod tests {
         let alone = train_runs(&section(&[], &["slim_agnostic"], &[3]));
         assert_eq!(alone.len(), 1);
         assert!(is_id_agnostic("step3") && !is_id_agnostic("slim"));
-    }
-
-    #[test]
-    fn unimplemented_names_are_named_with_the_alternatives() {
-        assert_eq!(not_implemented("variant", "plus"), None);
-        assert_eq!(not_implemented("backbone", "gru4rec"), None);
-        for variant in [
-            "slim",
-            "slim_minus",
-            "slim_agnostic",
-            "step1",
-            "step2",
-            "step3",
-        ] {
-            assert_eq!(not_implemented("variant", variant), None, "{variant}");
-        }
-        let message = not_implemented("backbone", "srgnn").unwrap();
-        assert!(
-            message.contains("`srgnn` is not implemented yet")
-                && message.contains("gru4rec, sasrec"),
-            "{message}"
-        );
     }
 }

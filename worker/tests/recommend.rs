@@ -70,7 +70,7 @@ fn summary(report: &TrainReport) -> String {
 }
 
 #[test]
-fn sasrec_and_gru4rec_learn_a_deterministic_successor() {
+fn every_backbone_learns_a_deterministic_successor() {
     let data = permutation_walks(600, 300, 7);
     let config = TrainConfig {
         epochs: 60,
@@ -84,7 +84,11 @@ fn sasrec_and_gru4rec_learn_a_deterministic_successor() {
     let popularity = evaluate_popularity(&data, &test, Buckets::default());
     let pop = popularity.overall.metrics.ndcg10;
     eprintln!("popularity: test NDCG@10 {pop:.4}");
-    for model in [ModelConfig::sasrec(), ModelConfig::gru4rec()] {
+    for model in [
+        ModelConfig::sasrec(),
+        ModelConfig::gru4rec(),
+        ModelConfig::srgnn(),
+    ] {
         let report =
             train::<TrainBackend>(&data, &small(model), None, &config, &backend::device()).unwrap();
         eprintln!("{}", summary(&report));
@@ -493,7 +497,7 @@ fn sasrec_beats_popularity_far_on_a_video_games_slice() {
 
 /// By hand: writes the slice, its candidates and slim's SASRec result for
 /// `benches/sasrec_reference.py` (folder `$SLIM_REFERENCE_DIR`, default
-/// `target/sasrec-reference`), and prints GRU4Rec and popularity on the same slice.
+/// `target/sasrec-reference`), and prints GRU4Rec, SRGNN and popularity on the same slice.
 #[test]
 #[ignore = "run by hand for the PyTorch comparison"]
 fn reference_inputs_and_slim_results() {
@@ -512,7 +516,12 @@ fn reference_inputs_and_slim_results() {
     let mut results = serde_json::Map::new();
     let mut gru = ModelConfig::gru4rec();
     gru.hidden = model.hidden;
-    for m in [model, gru] {
+    if let BackboneConfig::Gru4Rec(c) = &mut gru.backbone {
+        c.state = model.hidden;
+    }
+    let mut srgnn = ModelConfig::srgnn();
+    srgnn.hidden = model.hidden;
+    for m in [model, gru, srgnn] {
         let report = train::<TrainBackend>(&data, &m, None, &config, &backend::device()).unwrap();
         eprintln!("{}", summary(&report));
         results.insert(report.model.clone(), serde_json::to_value(&report).unwrap());

@@ -291,7 +291,7 @@ impl Default for EncoderSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
-    /// Any of gru4rec, sasrec, srgnn (srgnn is not implemented yet).
+    /// Any of gru4rec, sasrec, srgnn.
     pub backbones: Vec<String>,
     /// Any of id, plus, slim, slim_minus, slim_agnostic, step1, step2, step3, popularity.
     /// `id` and `plus` (ID + item text) and the ID-based SLIM fusion `slim` (student

@@ -3,7 +3,7 @@
 //! - [`data`]: users and items from the prepare stage's Parquet, padded batches.
 //! - [`item`]: item representations (ID, ID + text, SLIM's fused and text-only items).
 //! - [`rationale`]: users' rationale vectors and the fallback for users without one.
-//! - [`sasrec`], [`gru4rec`]: the sequence backbones.
+//! - [`sasrec`], [`gru4rec`], [`srgnn`]: the sequence backbones.
 //! - [`model`]: a backbone plus item vectors, scoring and the loss.
 //! - [`popularity`]: the popularity baseline.
 //! - [`train`]: the training loop with early stopping on validation NDCG@10.
@@ -18,6 +18,7 @@ pub mod model;
 pub mod popularity;
 pub mod rationale;
 pub mod sasrec;
+pub mod srgnn;
 pub mod train;
 
 pub use data::Interactions;

@@ -22,6 +22,7 @@ use super::gru4rec::{Gru4Rec, Gru4RecConfig};
 use super::item::{ItemEncoder, ItemRepresentation, TextTable};
 use super::rationale::RationaleBatch;
 use super::sasrec::{SasRec, SasRecConfig};
+use super::srgnn::{SrGnn, SrGnnConfig};
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -38,6 +39,8 @@ pub enum BackboneConfig {
     SasRec(SasRecConfig),
     #[serde(rename = "gru4rec")]
     Gru4Rec(Gru4RecConfig),
+    #[serde(rename = "srgnn")]
+    SrGnn(SrGnnConfig),
 }
 
 impl BackboneConfig {
@@ -45,6 +48,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::SasRec(_) => "sasrec",
             BackboneConfig::Gru4Rec(_) => "gru4rec",
+            BackboneConfig::SrGnn(_) => "srgnn",
         }
     }
 }
@@ -86,6 +90,10 @@ impl ModelConfig {
 
     pub fn gru4rec() -> Self {
         Self::with_backbone(BackboneConfig::Gru4Rec(Gru4RecConfig::default()))
+    }
+
+    pub fn srgnn() -> Self {
+        Self::with_backbone(BackboneConfig::SrGnn(SrGnnConfig::default()))
     }
 
     fn with_backbone(backbone: BackboneConfig) -> Self {
@@ -143,6 +151,7 @@ impl ModelConfig {
 pub enum Backbone<B: Backend> {
     SasRec(SasRec<B>),
     Gru4Rec(Gru4Rec<B>),
+    SrGnn(SrGnn<B>),
 }
 
 #[derive(Module, Debug)]
@@ -231,6 +240,13 @@ impl<B: Backend> Recommender<B> {
                 ensure!(c.state > 0, "gru4rec: the state size must be positive");
                 Backbone::Gru4Rec(Gru4Rec::new(c, config.hidden, device))
             }
+            BackboneConfig::SrGnn(c) => {
+                ensure!(
+                    c.steps > 0,
+                    "srgnn: at least one propagation step is needed"
+                );
+                Backbone::SrGnn(SrGnn::new(c, config.hidden, device))
+            }
         };
         Ok(Self {
             items,
@@ -258,8 +274,29 @@ impl<B: Backend> Recommender<B> {
 
     /// User states at every position `[batch, len, hidden]`.
     pub fn states(&self, input: &SeqBatch<B>) -> Tensor<B, 3> {
+        self.encode(input, false)
+    }
+
+    /// The user state after the most recent item `[batch, hidden]`.
+    pub fn last_state(&self, input: &SeqBatch<B>) -> Tensor<B, 2> {
+        let states = self.encode(input, true);
+        let [batch, _, hidden] = states.dims();
+        states.reshape([batch, hidden])
+    }
+
+    /// States at every position, or with `last_only` at the last one `[batch, 1, hidden]`
+    /// (SR-GNN then builds one graph per user instead of one per position).
+    fn encode(&self, input: &SeqBatch<B>, last_only: bool) -> Tensor<B, 3> {
         let items = self.items.embed(input.items.clone());
         let rationale = self.rationale(input);
+        let last = |states: Tensor<B, 3>| {
+            let [batch, len, hidden] = states.dims();
+            if last_only {
+                states.slice([0..batch, len - 1..len, 0..hidden])
+            } else {
+                states
+            }
+        };
         let states = match &self.backbone {
             Backbone::SasRec(m) => {
                 let prefix = self
@@ -267,23 +304,15 @@ impl<B: Backend> Recommender<B> {
                     .as_ref()
                     .zip(rationale.clone())
                     .map(|(token, r)| token.forward(r));
-                m.forward(items, input, prefix)
+                last(m.forward(items, input, prefix))
             }
-            Backbone::Gru4Rec(m) => m.forward(items, input),
+            Backbone::Gru4Rec(m) => last(m.forward(items, input)),
+            Backbone::SrGnn(m) => m.forward(items, input, last_only),
         };
         match rationale {
             Some(r) => self.items.fuse_user(r, states.clone()).unwrap_or(states),
             None => states,
         }
-    }
-
-    /// The user state after the most recent item `[batch, hidden]`.
-    pub fn last_state(&self, input: &SeqBatch<B>) -> Tensor<B, 2> {
-        let states = self.states(input);
-        let [batch, len, hidden] = states.dims();
-        states
-            .slice([0..batch, len - 1..len, 0..hidden])
-            .reshape([batch, hidden])
     }
 
     /// Scores of `tokens` `[batch, candidates]` for users `[batch, hidden]`.
@@ -333,7 +362,11 @@ mod tests {
 
     #[test]
     fn a_users_state_does_not_depend_on_its_batch() {
-        for config in [ModelConfig::sasrec(), ModelConfig::gru4rec()] {
+        for config in [
+            ModelConfig::sasrec(),
+            ModelConfig::gru4rec(),
+            ModelConfig::srgnn(),
+        ] {
             let model = Recommender::<Cpu>::new(&config, 10, None, &device()).unwrap();
             let (alone, padded) = batch();
             let a: Vec<f32> = model.last_state(&alone).into_data().to_vec().unwrap();
@@ -343,6 +376,40 @@ mod tests {
                 assert!((x - y).abs() < 1e-4, "{}: {x} vs {y}", config.name());
             }
             assert_ne!(a, p[..64], "different users, different states");
+        }
+    }
+
+    #[test]
+    fn states_never_see_later_items() {
+        // Training predicts the next item at every position: a state must not depend on what
+        // follows it, and the last state must be the same whether or not all are computed.
+        for config in [
+            ModelConfig::sasrec(),
+            ModelConfig::gru4rec(),
+            ModelConfig::srgnn(),
+        ] {
+            let model = Recommender::<Cpu>::new(&config, 10, None, &device()).unwrap();
+            let states = |history: &[u32]| -> Vec<f32> {
+                let batch = SeqBatch::new(&[history], 50, &device());
+                model.states(&batch).into_data().to_vec().unwrap()
+            };
+            // Three items then a return to the first: the graph of the whole history has an
+            // edge 4 -> 3 that no earlier prefix has.
+            let a = states(&[3, 1, 4, 3]);
+            let b = states(&[3, 1, 4, 9]);
+            let hidden = config.hidden;
+            for (x, y) in a[..3 * hidden].iter().zip(&b[..3 * hidden]) {
+                assert!((x - y).abs() < 1e-6, "{}: {x} vs {y}", config.name());
+            }
+            assert_ne!(a[3 * hidden..], b[3 * hidden..], "{}", config.name());
+            let last: Vec<f32> = model
+                .last_state(&SeqBatch::new(&[&[3, 1, 4, 3]], 50, &device()))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            for (x, y) in last.iter().zip(&a[3 * hidden..]) {
+                assert!((x - y).abs() < 1e-5, "{}: {x} vs {y}", config.name());
+            }
         }
     }
 
@@ -402,6 +469,7 @@ mod tests {
         slim.hidden = 16;
         for config in [
             ModelConfig::slim(BackboneConfig::SasRec(SasRecConfig::default())),
+            ModelConfig::slim(BackboneConfig::SrGnn(SrGnnConfig::default())),
             slim,
             agnostic,
         ] {

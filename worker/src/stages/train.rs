@@ -87,7 +87,6 @@ impl StageExecutor for TrainExecutor {
                 runs.len()
             );
         };
-        check_implemented(&run)?;
         let (model, config) = configs(&manifest.train, &manifest.prepare, &run, ctx.progress)?;
         let name = model.as_ref().map_or(POPULARITY.into(), ModelConfig::name);
         tracing::info!(run = %run, model = %name, "training");
@@ -161,20 +160,6 @@ impl StageExecutor for TrainExecutor {
     }
 }
 
-/// Fails a run whose backbone or variant this build cannot train, with the message manifest
-/// validation gives.
-pub fn check_implemented(run: &TrainRun) -> Result<()> {
-    let backbone = run
-        .backbone
-        .as_deref()
-        .and_then(|b| plan::not_implemented("backbone", b));
-    let variant = plan::not_implemented("variant", &run.variant);
-    if let Some(message) = backbone.or(variant) {
-        bail!("{run}: {message}");
-    }
-    Ok(())
-}
-
 /// The model (none for popularity) and training settings of a run.
 pub fn configs(
     section: &TrainSection,
@@ -220,6 +205,7 @@ pub fn configs(
     let mut model = match backbone {
         "sasrec" => ModelConfig::sasrec(),
         "gru4rec" => ModelConfig::gru4rec(),
+        "srgnn" => ModelConfig::srgnn(),
         other => bail!("{run}: no backbone {other:?}"),
     };
     model.hidden = hidden;
@@ -513,21 +499,6 @@ mod tests {
             variant: variant.into(),
             seed: 3,
         }
-    }
-
-    #[test]
-    fn unimplemented_variants_and_backbones_fail_with_the_reason() {
-        let err = check_implemented(&run(Some("srgnn"), "slim"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("srgnn/slim seed 3") && err.contains("`srgnn` is not implemented yet"),
-            "{err}"
-        );
-        check_implemented(&run(Some("gru4rec"), "plus")).unwrap();
-        check_implemented(&run(Some("sasrec"), "slim_minus")).unwrap();
-        check_implemented(&run(None, "step2")).unwrap();
-        check_implemented(&run(None, "popularity")).unwrap();
     }
 
     #[test]
