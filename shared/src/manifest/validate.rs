@@ -714,8 +714,14 @@ x = 1
     #[test]
     fn every_backbone_and_variant_is_accepted() {
         let dir = data_dir();
-        let backbones = BACKBONES.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>();
-        let variants = VARIANTS.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>();
+        let backbones = BACKBONES
+            .iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>();
+        let variants = VARIANTS
+            .iter()
+            .map(|v| format!("\"{v}\""))
+            .collect::<Vec<_>>();
         let text = format!(
             "{GOOD}\n[train]\nbackbones = [{}]\nvariants = [{}]\n",
             backbones.join(", "),
