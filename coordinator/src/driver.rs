@@ -14,7 +14,7 @@ use slim_shared::manifest::Manifest;
 use slim_shared::markers::{
     self, JobPhase, JobState, StageManifest, StageProgress, TaskError, job_key,
 };
-use slim_shared::messages::{EventKind, TaskMessage, decode_event};
+use slim_shared::messages::{EventKind, TaskMessage, decode_events};
 use slim_shared::plan;
 use slim_shared::stage::Stage;
 use slim_shared::telemetry;
@@ -82,6 +82,8 @@ pub async fn drive(rt: &Runtime, job_id: &str, options: DriveOptions) -> Result<
         stages,
         previous: markers::read_job_state(rt.store.as_ref(), job_id).await?,
         running: BTreeMap::new(),
+        unfinished: 0,
+        finished_since_pass: 0,
         published: 0,
         bars: Bars::new(options.progress),
     };
@@ -96,19 +98,23 @@ pub async fn drive(rt: &Runtime, job_id: &str, options: DriveOptions) -> Result<
             };
         }
         // Wait for the first event (or the poll interval), then take whatever else arrived
-        // within a short window, so a burst of events costs one reconcile pass.
+        // within a short window, so a burst of events costs one reconcile pass; but look at
+        // once when the events say every unfinished task has finished.
         let mut window = rt.poll_interval;
         let started = Instant::now();
         while let Ok(next) = tokio::time::timeout(window, events.next()).await {
             let delivery = next.with_context(|| format!("receiving from {events_queue}"))?;
-            match decode_event(delivery.body()) {
-                Ok(event) => driver.note_event(event),
+            match decode_events(delivery.body()) {
+                Ok(batch) => batch.into_iter().for_each(|event| driver.note_event(event)),
                 Err(e) => {
                     tracing::warn!(queue = events_queue, error = %e, "ignoring an unreadable event")
                 }
             }
             if let Err(e) = delivery.ack().await {
                 tracing::debug!(error = %e, "event ack failed");
+            }
+            if driver.finished_since_pass >= driver.unfinished {
+                break;
             }
             window = RECONCILE_WINDOW.saturating_sub(started.elapsed());
         }
@@ -141,6 +147,10 @@ struct Driver<'a> {
     previous: Option<JobState>,
     /// Tasks started and not yet finished, from events: (stage, shard) → worker.
     running: BTreeMap<(Stage, u32), String>,
+    /// Published tasks neither done nor failed at the last pass.
+    unfinished: u32,
+    /// Tasks reported finished since the last pass (redeliveries may count twice).
+    finished_since_pass: u32,
     published: u64,
     bars: Bars,
 }
@@ -157,6 +167,7 @@ impl Driver<'_> {
             }
             EventKind::Finished { .. } => {
                 self.running.remove(&key);
+                self.finished_since_pass = self.finished_since_pass.saturating_add(1);
             }
             EventKind::Failed { error } => {
                 self.running.remove(&key);
@@ -174,6 +185,8 @@ impl Driver<'_> {
         let mut complete: HashSet<Stage> = HashSet::new();
         let mut failures = Vec::new();
         let mut blocked = false;
+        self.unfinished = 0;
+        self.finished_since_pass = 0;
         for &stage in &self.stages.clone() {
             let before = self
                 .previous
@@ -228,6 +241,7 @@ impl Driver<'_> {
                 continue;
             }
             self.publish_missing(stage, tasks, &done, &failed).await?;
+            self.unfinished += tasks.saturating_sub(entry.done + entry.failed);
             if entry.failed > 0 && entry.done + entry.failed >= tasks {
                 // Every task has ended and some failed for good: the stage, and the job, fail.
                 failures = markers::read_failures(store, self.job_id, stage).await?;
@@ -332,13 +346,21 @@ impl Driver<'_> {
     /// Writes the stage's `_SUCCESS` manifest from its tasks' markers.
     async fn close_stage(&mut self, stage: Stage, tasks: u32) -> Result<()> {
         let store = self.rt.store.as_ref();
+        let job_id = self.job_id;
+        // Many reads in flight: one at a time, a stage of 10,000 tasks waited on 10,000 round
+        // trips (to S3, or to the blocking pool for a local store) in a row.
+        let mut markers = futures::stream::iter(0..tasks)
+            .map(|shard| async move {
+                markers::read_task_marker(store, job_id, stage, shard)
+                    .await?
+                    .with_context(|| format!("the marker of {stage} shard {shard} disappeared"))
+            })
+            .buffer_unordered(MARKER_READS_IN_FLIGHT);
         let mut parts = Vec::new();
-        for shard in 0..tasks {
-            let marker = markers::read_task_marker(store, self.job_id, stage, shard)
-                .await?
-                .with_context(|| format!("the marker of {stage} shard {shard} disappeared"))?;
-            parts.extend(marker.parts);
+        while let Some(marker) = markers.next().await {
+            parts.extend(marker?.parts);
         }
+        drop(markers);
         parts.sort_by(|a, b| a.key.cmp(&b.key));
         markers::write_stage_manifest(
             store,
@@ -368,6 +390,9 @@ impl Driver<'_> {
 
 /// Publishes awaiting their confirm at once.
 const PUBLISH_IN_FLIGHT: usize = 256;
+
+/// Task markers read at once when a stage closes.
+const MARKER_READS_IN_FLIGHT: usize = 64;
 
 /// One progress bar per stage, shown only in interactive runs.
 struct Bars {

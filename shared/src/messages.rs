@@ -2,11 +2,12 @@
 //!
 //! - [`TaskMessage`]: one shard of one stage to run, published by the coordinator on the tasks
 //!   queue.
-//! - [`EventMessage`]: what a worker reports back (started, finished with counters, failed).
+//! - [`EventMessage`]: what a worker reports back (started, finished with counters, failed),
+//!   sent in batches ([`EventBatch`]).
 //! - [`JobMessage`]: a submitted job, for the coordinator service (`slim submit`).
 //!
 //! Every message carries `version` ([`MESSAGE_VERSION`]). A reader decodes with [`decode_task`] /
-//! [`decode_event`], which never panic: bytes that are not a message of the expected shape and
+//! [`decode_events`], which never panic: bytes that are not a message of the expected shape and
 //! messages of a version this build does not know are both errors ([`DecodeError`]) that the
 //! consumer dead-letters with the error's text as the reason.
 
@@ -109,6 +110,29 @@ impl EventMessage {
     }
 }
 
+/// Several events in one message. A worker sends what happened within a few milliseconds
+/// together, so a busy worker costs the broker one message per batch, not two per task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Schema version, [`MESSAGE_VERSION`] when written by this build.
+    pub version: u32,
+    pub events: Vec<EventMessage>,
+}
+
+impl EventBatch {
+    pub fn new(events: Vec<EventMessage>) -> Self {
+        Self {
+            version: MESSAGE_VERSION,
+            events,
+        }
+    }
+
+    /// The message as JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an EventBatch always serialises")
+    }
+}
+
 /// A submitted job: its resolved manifest is at `{root}/{job_id}/job.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobMessage {
@@ -161,12 +185,28 @@ pub fn decode_event(bytes: &[u8]) -> Result<EventMessage, DecodeError> {
     decode(bytes, "event")
 }
 
+/// Decodes a message of the events queue: an [`EventBatch`], or a single [`EventMessage`] (as
+/// workers sent before batches). Checks the version first, then the shape.
+pub fn decode_events(bytes: &[u8]) -> Result<Vec<EventMessage>, DecodeError> {
+    let value = versioned(bytes, "event")?;
+    if value.get("events").is_some() {
+        shaped::<EventBatch>(value, "event batch").map(|batch| batch.events)
+    } else {
+        shaped::<EventMessage>(value, "event").map(|event| vec![event])
+    }
+}
+
 /// Decodes a submitted job: checks the version first, then the shape.
 pub fn decode_job(bytes: &[u8]) -> Result<JobMessage, DecodeError> {
     decode(bytes, "job")
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    shaped(versioned(bytes, what)?, what)
+}
+
+/// The message as JSON, once its version is known to be [`MESSAGE_VERSION`].
+fn versioned(bytes: &[u8], what: &'static str) -> Result<serde_json::Value, DecodeError> {
     let malformed = |detail: String| DecodeError::Malformed { what, detail };
     // The version is read on its own first, so that a future version whose other fields
     // changed is reported as such rather than as a shape error.
@@ -182,6 +222,15 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, De
     if version != u64::from(MESSAGE_VERSION) {
         return Err(DecodeError::UnknownVersion { what, version });
     }
+    Ok(value)
+}
+
+/// A versioned message's value as `T`, or the path of the field that does not fit.
+fn shaped<T: DeserializeOwned>(
+    value: serde_json::Value,
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    let malformed = |detail: String| DecodeError::Malformed { what, detail };
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -230,6 +279,30 @@ mod tests {
             assert!(e.at_unix_ms > 0);
             assert_eq!(decode_event(&e.encode()).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn event_batches_and_single_events_decode_alike() {
+        let t = task();
+        let started = EventMessage::for_task(&t, EventKind::Started, "w");
+        let finished = EventMessage::for_task(
+            &t,
+            EventKind::Finished {
+                counters: BTreeMap::new(),
+            },
+            "w",
+        );
+        let batch = EventBatch::new(vec![started.clone(), finished.clone()]);
+        assert_eq!(
+            decode_events(&batch.encode()).unwrap(),
+            [started, finished.clone()]
+        );
+        assert_eq!(decode_events(&finished.encode()).unwrap(), [finished]);
+
+        let mut value = serde_json::to_value(&batch).unwrap();
+        value["events"][1]["shard"] = "three".into();
+        let err = decode_events(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("at `events[1].shard`"), "{err}");
     }
 
     #[test]

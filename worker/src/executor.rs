@@ -145,10 +145,14 @@ pub enum TaskOutcome {
 
 /// A name for this worker in markers and logs: host and process id.
 pub fn worker_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
+    // Read once: every task's marker carries it.
+    static NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{host}:{}", std::process::id())
+    });
+    NAME.clone()
 }
 
 /// Runs one task with the completion protocol: skip if marked done, else execute, then mark.

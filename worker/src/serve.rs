@@ -22,7 +22,7 @@ use crate::executor::{Registry, TaskContext, TaskOutcome, run_task, worker_name}
 use anyhow::{Context, Result};
 use slim_shared::manifest::{LoadedManifest, Manifest};
 use slim_shared::markers::{self, TaskError, job_key};
-use slim_shared::messages::{EventKind, EventMessage, TaskMessage, decode_task};
+use slim_shared::messages::{EventBatch, EventKind, EventMessage, TaskMessage, decode_task};
 use slim_shared::queue::{Delivery, TaskQueue, Topology, next_unless_shutdown, shutdown_requested};
 use slim_shared::stage::Stage;
 use slim_shared::store::Store;
@@ -92,6 +92,8 @@ pub struct Worker {
     stop_when: StopWhen,
     /// Turns true on the caller's shutdown or when [`StopWhen`] says so; the loops watch it.
     stop: watch::Sender<bool>,
+    /// The coordinator's started / finished / failed events, sent in batches.
+    events: EventBatcher,
     /// Deliveries settled, tasks running, and when the last one ended (ms since `born`).
     settled: AtomicU64,
     busy: AtomicU64,
@@ -114,6 +116,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         Self {
+            events: EventBatcher::new(queue.clone(), config.topology.clone()),
             queue,
             store,
             registry,
@@ -182,6 +185,7 @@ impl Worker {
             }
         }
         helpers.shutdown().await;
+        self.events.flush().await;
         tracing::info!(worker = %self.name, "worker stopped: {}", self.stats.summary());
         result
     }
@@ -429,19 +433,71 @@ impl Worker {
         Ok(job)
     }
 
-    /// Events are advisory: a lost one costs the coordinator a little latency, never
-    /// correctness. So they are sent in the background, off the task's path, and a failure is
-    /// only logged.
     fn publish_event(&self, task: &TaskMessage, kind: EventKind) {
-        let queue = self.queue.clone();
-        let name = self.config.topology.events(&task.job_id);
-        let body = EventMessage::for_task(task, kind, &self.name).encode();
-        let send = async move {
-            if let Err(e) = queue.notify(&name, body).await {
-                tracing::debug!(queue = name, error = %e, "event not delivered");
-            }
+        self.events
+            .send(EventMessage::for_task(task, kind, &self.name));
+    }
+}
+
+/// How long an event waits for others to share its message.
+const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// Sends a worker's events in batches, one message per job's events queue every
+/// [`EVENT_BATCH_WINDOW`] at most: a short task's start and end, and those of the tasks next to
+/// it, cost the broker one message instead of two each.
+///
+/// Events are advisory: a lost one costs the coordinator a little latency, never correctness.
+/// So they are sent in the background, off the task's path, and a failure is only logged.
+#[derive(Clone)]
+struct EventBatcher {
+    queue: Arc<dyn TaskQueue>,
+    topology: Topology,
+    /// Events not sent yet; a send is scheduled whenever this is not empty.
+    pending: Arc<Mutex<Vec<EventMessage>>>,
+    /// Held while a batch is sent, so batches leave in the order their events happened.
+    sending: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl EventBatcher {
+    fn new(queue: Arc<dyn TaskQueue>, topology: Topology) -> Self {
+        Self {
+            queue,
+            topology,
+            pending: Arc::default(),
+            sending: Arc::default(),
+        }
+    }
+
+    fn send(&self, event: EventMessage) {
+        let first = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push(event);
+            pending.len() == 1
         };
-        tokio::spawn(send.in_current_span());
+        if first {
+            let batcher = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(EVENT_BATCH_WINDOW).await;
+                batcher.flush().await;
+            });
+        }
+    }
+
+    /// Sends every pending event now.
+    async fn flush(&self) {
+        let _sending = self.sending.lock().await;
+        let events = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut by_job: HashMap<String, Vec<EventMessage>> = HashMap::new();
+        for event in events {
+            by_job.entry(event.job_id.clone()).or_default().push(event);
+        }
+        for (job_id, events) in by_job {
+            let name = self.topology.events(&job_id);
+            let body = EventBatch::new(events).encode();
+            if let Err(e) = self.queue.notify(&name, body).await {
+                tracing::debug!(queue = name, error = %e, "events not delivered");
+            }
+        }
     }
 }
 

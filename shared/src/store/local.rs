@@ -2,15 +2,23 @@
 //!
 //! Objects are plain files under the root; a key's `/` separators become directories. Writes go
 //! to a temporary file in the destination directory, are fsynced, then renamed over the final
-//! path, so a reader sees either the old object or the new one, never a partial file. A crash
-//! can leave a temporary file behind; [`LocalStore::list`] never reports those.
+//! path, so a reader sees either the old object or the new one, never a partial file; the
+//! directory is then fsynced so the rename survives a power loss too. A crash can leave a
+//! temporary file behind; [`LocalStore::list`] never reports those.
+//!
+//! Each fsync waits for a journal commit (milliseconds on a disk), and many small writes land in
+//! one directory (a stage's task markers), so concurrent writers share directory fsyncs
+//! ([`GroupSync`]): a write returns once an fsync of its directory that began after its rename
+//! has finished, whoever ran it.
 
 use super::{ObjectInfo, Store, StoreError, check_key};
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 
 /// File-name prefix of in-flight writes. Files starting with it are never listed, and keys whose
 /// last segment starts with it are refused.
@@ -90,14 +98,107 @@ impl LocalStore {
             .map_err(|e| Self::io_error(path, e))?;
         temp.persist(path)
             .map_err(|e| Self::io_error(path, e.error))?;
-        // Make the rename itself durable. Not every filesystem supports fsync on a directory.
-        if let Ok(dir) = fs::File::open(parent)
-            && let Err(e) = dir.sync_all()
-        {
-            tracing::debug!(dir = %parent.display(), error = %e, "fsync of directory failed");
-        }
+        // Make the rename itself durable, in an fsync shared with concurrent writers.
+        DIRECTORY_SYNCS.sync(parent);
         Ok(())
     }
+}
+
+/// Every directory's [`GroupSync`], for the writes of this process.
+static DIRECTORY_SYNCS: LazyLock<DirectorySyncs> = LazyLock::new(DirectorySyncs::default);
+
+/// The [`GroupSync`] of each directory being written to; an entry lives while someone uses it.
+#[derive(Default)]
+struct DirectorySyncs {
+    by_dir: Mutex<HashMap<PathBuf, Arc<GroupSync>>>,
+}
+
+impl DirectorySyncs {
+    /// Returns once an fsync of `dir` that began after this call has finished.
+    fn sync(&self, dir: &Path) {
+        let group = lock(&self.by_dir)
+            .entry(dir.to_path_buf())
+            .or_default()
+            .clone();
+        group.sync(|| {
+            // Not every filesystem supports fsync on a directory.
+            if let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::debug!(dir = %dir.display(), error = %e, "fsync of directory failed");
+            }
+        });
+        let mut by_dir = lock(&self.by_dir);
+        // Clones are only taken under this lock, so a count of 2 (the map's and ours) means
+        // nobody else holds it.
+        if Arc::strong_count(&group) == 2 {
+            by_dir.remove(dir);
+        }
+    }
+}
+
+/// Group commit for one fsync target: callers that arrive while a sync runs wait for it and
+/// then share the next one, so N concurrent callers cost about two syncs, not N.
+#[derive(Default)]
+struct GroupSync {
+    state: Mutex<GroupState>,
+    finished_one: Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Syncs begun so far (they run one at a time, in order).
+    started: u64,
+    /// The number of the last sync that has finished.
+    finished: u64,
+    running: bool,
+}
+
+impl GroupSync {
+    /// Returns once a run of `sync` that began after this call has finished: the caller's own,
+    /// or one another caller started meanwhile.
+    fn sync(&self, sync: impl FnOnce()) {
+        let mut state = lock(&self.state);
+        // A sync already running may have begun before the caller's write: it needs the next.
+        let needed = state.started + 1;
+        while state.finished < needed {
+            if state.running {
+                state = self
+                    .finished_one
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            state.running = true;
+            state.started += 1;
+            let this_run = state.started;
+            drop(state);
+            // Ends the run even if `sync` panics, so waiters are never stranded.
+            let _end = EndRun {
+                group: self,
+                run: this_run,
+            };
+            sync();
+            return;
+        }
+    }
+}
+
+/// Marks a [`GroupSync`] run finished and wakes its waiters when dropped.
+struct EndRun<'a> {
+    group: &'a GroupSync,
+    run: u64,
+}
+
+impl Drop for EndRun<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.group.state);
+        state.running = false;
+        state.finished = self.run;
+        self.group.finished_one.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -163,7 +264,13 @@ fn walk(
             continue;
         }
         // Follows symlinks to files; a dangling link or a link to a directory is not an object.
-        match fs::metadata(&path) {
+        // Anything else is described by its entry, without resolving its path again.
+        let metadata = if file_type.is_symlink() {
+            fs::metadata(&path)
+        } else {
+            entry.metadata()
+        };
+        match metadata {
             Ok(meta) if meta.is_file() => out.push(ObjectInfo {
                 key,
                 size: meta.len(),
@@ -296,6 +403,30 @@ mod tests {
             .map(|o| o.key)
             .collect();
         assert_eq!(keys, ["a/b"]);
+    }
+
+    #[test]
+    fn a_group_sync_covers_every_write_made_before_the_call() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let group = GroupSync::default();
+        // Writes made so far, and how many of them the last finished sync covers.
+        let written = AtomicU64::new(0);
+        let durable = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..20 {
+                        let mine = written.fetch_add(1, Ordering::SeqCst) + 1;
+                        group.sync(|| {
+                            let covered = written.load(Ordering::SeqCst);
+                            std::thread::yield_now();
+                            durable.fetch_max(covered, Ordering::SeqCst);
+                        });
+                        assert!(durable.load(Ordering::SeqCst) >= mine);
+                    }
+                });
+            }
+        });
     }
 
     #[tokio::test]
