@@ -91,44 +91,30 @@ impl QuantMatrix {
 
     /// `x` `[n, cols]` times the transposed matrix: `[n, rows]`, all row-major.
     pub fn matmul_transposed(&self, x: &[f32], n: usize) -> Vec<f32> {
-        self.matmul_transposed_with(x, n, kernels::rows_times)
-    }
-
-    fn matmul_transposed_with(&self, x: &[f32], n: usize, kernel: kernels::RowsTimes) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "input is not [n, cols]");
+        // Output in [rows, n] order so each task writes one contiguous chunk.
+        const ROWS_PER_TASK: usize = 64;
+        let mut transposed = vec![0f32; self.rows * n];
+        transposed
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut weights = vec![0f32; self.cols];
+                for (local, out_row) in out.chunks_exact_mut(n).enumerate() {
+                    let row = task * ROWS_PER_TASK + local;
+                    kernels::row_dots(self, row, x, &mut weights, out_row);
+                }
+            });
         let mut out = vec![0f32; n * self.rows];
-        if out.is_empty() {
-            return out;
-        }
-        // Task t computes weight rows [t * ROWS_PER_TASK, ..) for every input: one slice of
-        // each output row.
-        let tasks = self.rows.div_ceil(kernels::ROWS_PER_TASK);
-        let mut parts: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(n)).collect();
-        for out_row in out.chunks_mut(self.rows) {
-            for (part, task) in out_row.chunks_mut(kernels::ROWS_PER_TASK).zip(&mut parts) {
-                task.push(part);
+        for row in 0..self.rows {
+            for i in 0..n {
+                out[i * self.rows + row] = transposed[row * n + i];
             }
         }
-        parts
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(task, mut outs)| {
-                kernel(self, task * kernels::ROWS_PER_TASK, x, &mut outs);
-            });
         out
     }
 
-    /// Dequantizes whole rows from `first` on into `out` (a multiple of `cols` long).
-    #[inline(always)]
-    fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
-        let first_block = first * self.cols / BLOCK;
-        for (b, chunk) in out.as_chunks_mut::<BLOCK>().0.iter_mut().enumerate() {
-            *chunk = self.dequantize_block(first_block + b);
-        }
-    }
-
-    /// The 32 weights of block `block`, computed exactly as `quant::dequantize` does. One loop
-    /// per nibble half so that the compiler vectorizes them.
+    /// The 32 weights of block `block`, computed exactly as `quant::dequantize` does.
     #[inline(always)]
     fn dequantize_block(&self, block: usize) -> [f32; BLOCK] {
         let d = self.scales[block];
@@ -141,28 +127,18 @@ impl QuantMatrix {
                 }
             }
             Kind::Q4_0 => {
-                let q: &[u8; 16] = self.quants[block * 16..block * 16 + 16]
-                    .try_into()
-                    .expect("16 bytes");
-                let (low, high) = w.split_at_mut(16);
-                for (w, &q) in low.iter_mut().zip(q) {
-                    *w = (f32::from(q & 0xF) - 8.0) * d;
-                }
-                for (w, &q) in high.iter_mut().zip(q) {
-                    *w = (f32::from(q >> 4) - 8.0) * d;
+                let q = &self.quants[block * 16..block * 16 + 16];
+                for (i, &q) in q.iter().enumerate() {
+                    w[i] = (f32::from(q & 0xF) - 8.0) * d;
+                    w[i + 16] = (f32::from(q >> 4) - 8.0) * d;
                 }
             }
             Kind::Q4_1 => {
                 let m = self.mins[block];
-                let q: &[u8; 16] = self.quants[block * 16..block * 16 + 16]
-                    .try_into()
-                    .expect("16 bytes");
-                let (low, high) = w.split_at_mut(16);
-                for (w, &q) in low.iter_mut().zip(q) {
-                    *w = f32::from(q & 0xF) * d + m;
-                }
-                for (w, &q) in high.iter_mut().zip(q) {
-                    *w = f32::from(q >> 4) * d + m;
+                let q = &self.quants[block * 16..block * 16 + 16];
+                for (i, &q) in q.iter().enumerate() {
+                    w[i] = f32::from(q & 0xF) * d + m;
+                    w[i + 16] = f32::from(q >> 4) * d + m;
                 }
             }
         }
@@ -170,135 +146,61 @@ impl QuantMatrix {
     }
 }
 
-/// The tiled inner loops, compiled for AVX2 + FMA when the CPU has them.
-///
-/// A decode step multiplies a few input rows (one per sequence) by every weight row. Taking
-/// one weight row at a time and one dot product per input reads two vectors per FMA and
-/// streams all inputs through L1 once per weight row, so it waits on loads. Instead a tile of
-/// `TILE_ROWS` weight rows is dequantized into L1 once, and `TILE_ROWS x TILE_INPUTS` dot
-/// products run together: each loaded weight vector serves `TILE_INPUTS` inputs and each input
-/// vector `TILE_ROWS` weight rows.
+/// The inner loop, compiled for AVX2 + FMA when the CPU has them.
 mod kernels {
-    use super::QuantMatrix;
+    use super::{BLOCK, QuantMatrix};
 
-    /// `rows_times` or one of its variants.
-    pub type RowsTimes = fn(&QuantMatrix, usize, &[f32], &mut [&mut [f32]]);
-
-    /// 6 x 2: twelve 8-lane accumulators plus one weight and two input vectors fit the 16 AVX2
-    /// registers (4 x 3 needs all 16 and spills). Measured against 4x3, 3x4, 5x2, 4x2, 3x2, 2x6
-    /// and 3x3 on the [1536, 576], [576, 1536] and [49152, 576] Q4_1 matrices of SmolLM2-135M at
-    /// 16 inputs, 6 x 2 was fastest.
-    const TILE_ROWS: usize = 6;
-    const TILE_INPUTS: usize = 2;
-    /// Weight rows per parallel task, whole tiles.
-    pub const ROWS_PER_TASK: usize = 8 * TILE_ROWS;
-    const LANES: usize = 8;
-
-    /// Fills `outs[i][r]` with the dot product of input row `i` of `x` and weight row
-    /// `first + r`, for the `outs[0].len()` rows of this task.
+    /// Dot products of weight row `row` with each of the `out.len()` rows of `x`: the row is
+    /// dequantized once into `weights`, then each dot product runs in four eight-lane
+    /// accumulators that stay in registers.
     #[inline(always)]
-    fn rows_times_generic(
+    fn row_dots_generic<const FMA: bool>(
         m: &QuantMatrix,
-        first: usize,
+        row: usize,
         x: &[f32],
-        outs: &mut [&mut [f32]],
-        tile_one: impl Fn(&[f32], usize, &[f32]) -> [[f32; 1]; TILE_ROWS],
-        tile_pair: impl Fn(&[f32], usize, &[f32]) -> [[f32; TILE_INPUTS]; TILE_ROWS],
+        weights: &mut [f32],
+        out: &mut [f32],
     ) {
-        let cols = m.cols;
-        let rows = outs.first().map_or(0, |out| out.len());
-        let mut weights = vec![0f32; TILE_ROWS * cols];
-        for tile_first in (0..rows).step_by(TILE_ROWS) {
-            let tile_rows = TILE_ROWS.min(rows - tile_first);
-            let (filled, rest) = weights.split_at_mut(tile_rows * cols);
-            m.dequantize_rows(first + tile_first, filled);
-            // A partial tile computes zero rows whose results are dropped.
-            rest.fill(0.0);
-            let mut input = 0;
-            while input < outs.len() {
-                let inputs = &x[input * cols..];
-                let targets = &mut outs[input..];
-                input += match targets.len() {
-                    1 => store(tile_one(&weights, cols, inputs), targets, tile_first),
-                    _ => store(tile_pair(&weights, cols, inputs), targets, tile_first),
-                };
-            }
+        let blocks = m.cols / BLOCK;
+        for (b, chunk) in weights.chunks_exact_mut(BLOCK).enumerate() {
+            chunk.copy_from_slice(&m.dequantize_block(row * blocks + b));
         }
-    }
-
-    /// Writes a tile's dot products to columns `at..` of the first `C` rows of `outs`, as far as
-    /// they reach; returns `C`.
-    #[inline(always)]
-    fn store<const C: usize>(
-        dots: [[f32; C]; TILE_ROWS],
-        outs: &mut [&mut [f32]],
-        at: usize,
-    ) -> usize {
-        for (c, out) in outs[..C].iter_mut().enumerate() {
-            for (slot, dots) in out[at..].iter_mut().zip(&dots) {
-                *slot = dots[c];
-            }
-        }
-        C
-    }
-
-    /// The dot products of the `TILE_ROWS` rows of `weights` with the `C` inputs at the start
-    /// of `x`, each in an 8-lane accumulator.
-    #[inline(always)]
-    fn tile<const C: usize, const FMA: bool>(
-        weights: &[f32],
-        cols: usize,
-        x: &[f32],
-    ) -> [[f32; C]; TILE_ROWS] {
-        let steps = cols / LANES;
-        let (weights, _) = weights.as_chunks::<LANES>();
-        let w: [&[[f32; LANES]]; TILE_ROWS] =
-            std::array::from_fn(|r| &weights[r * steps..(r + 1) * steps]);
-        let x: [&[[f32; LANES]]; C] =
-            std::array::from_fn(|c| &x[c * cols..(c + 1) * cols].as_chunks::<LANES>().0[..steps]);
-        let mut acc = [[[0f32; LANES]; C]; TILE_ROWS];
-        for k in 0..steps {
-            let xs: [[f32; LANES]; C] = std::array::from_fn(|c| x[c][k]);
-            for r in 0..TILE_ROWS {
-                let w = w[r][k];
-                for c in 0..C {
-                    for l in 0..LANES {
-                        acc[r][c][l] = if FMA {
-                            w[l].mul_add(xs[c][l], acc[r][c][l])
+        for (i, slot) in out.iter_mut().enumerate() {
+            let x_row = &x[i * m.cols..(i + 1) * m.cols];
+            let mut acc = [[0f32; 8]; 4];
+            for (w, xb) in weights.chunks_exact(BLOCK).zip(x_row.chunks_exact(BLOCK)) {
+                for (c, lanes) in acc.iter_mut().enumerate() {
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        let (a, b) = (w[c * 8 + l], xb[c * 8 + l]);
+                        *lane = if FMA {
+                            a.mul_add(b, *lane)
                         } else {
-                            w[l] * xs[c][l] + acc[r][c][l]
+                            a * b + *lane
                         };
                     }
                 }
             }
+            *slot = reduce(&acc);
         }
-        acc.map(|row| row.map(|lanes| sum_lanes(&lanes)))
     }
 
-    #[inline(always)]
-    fn sum_lanes(v: &[f32; LANES]) -> f32 {
-        ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn rows_times_avx2(m: &QuantMatrix, first: usize, x: &[f32], outs: &mut [&mut [f32]]) {
-        rows_times_generic(
-            m,
-            first,
-            x,
-            outs,
-            |w, cols, x| tile_avx2::<1>(w, cols, x),
-            |w, cols, x| tile_avx2::<TILE_INPUTS>(w, cols, x),
-        )
-    }
-
-    /// A function of its own: inlined into the loop above, its accumulators spill.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    /// Sums the accumulators lane-wise, then the eight lanes. Kept out of line so the loop
+    /// above keeps its accumulators in registers.
     #[inline(never)]
-    fn tile_avx2<const C: usize>(w: &[f32], cols: usize, x: &[f32]) -> [[f32; C]; TILE_ROWS] {
-        tile::<C, true>(w, cols, x)
+    fn reduce(acc: &[[f32; 8]; 4]) -> f32 {
+        let mut lanes = [0f32; 8];
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+        }
+        (lanes[0] + lanes[4])
+            + (lanes[1] + lanes[5])
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn row_dots_avx2(m: &QuantMatrix, row: usize, x: &[f32], weights: &mut [f32], out: &mut [f32]) {
+        row_dots_generic::<true>(m, row, x, weights, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -308,25 +210,14 @@ mod kernels {
         *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
-    pub fn rows_times(m: &QuantMatrix, first: usize, x: &[f32], outs: &mut [&mut [f32]]) {
+    pub fn row_dots(m: &QuantMatrix, row: usize, x: &[f32], weights: &mut [f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { rows_times_avx2(m, first, x, outs) };
+            return unsafe { row_dots_avx2(m, row, x, weights, out) };
         }
-        rows_times_portable(m, first, x, outs)
-    }
-
-    /// Without hardware FMA, `mul_add` would be a slow library call.
-    pub fn rows_times_portable(m: &QuantMatrix, first: usize, x: &[f32], outs: &mut [&mut [f32]]) {
-        rows_times_generic(
-            m,
-            first,
-            x,
-            outs,
-            tile::<1, false>,
-            tile::<TILE_INPUTS, false>,
-        )
+        // Without hardware FMA, `mul_add` would be a slow library call.
+        row_dots_generic::<false>(m, row, x, weights, out)
     }
 }
 
@@ -363,17 +254,11 @@ mod tests {
             let matrix = QuantMatrix::from_blocks(ggml_type, &data, rows, cols)
                 .unwrap()
                 .unwrap();
-            // 130 rows: a partial tile and a partial task; odd n: a tile of one input.
-            for (n, kernel) in [
-                (1, kernels::rows_times as kernels::RowsTimes),
-                (3, kernels::rows_times),
-                (16, kernels::rows_times),
-                (3, kernels::rows_times_portable),
-            ] {
+            for n in [1, 3] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                     .collect();
-                let got = matrix.matmul_transposed_with(&x, n, kernel);
+                let got = matrix.matmul_transposed(&x, n);
                 for i in 0..n {
                     for row in 0..rows {
                         let expected: f32 = (0..cols)

@@ -54,242 +54,29 @@ pub(crate) struct Block<B: Backend> {
     pub(crate) down: Projection<B>,
 }
 
-/// Keys and values of the positions seen so far, per layer.
+/// Keys and values of the positions seen so far, per layer: `[batch, kv_heads, seen, head_dim]`.
 pub struct KvCache<B: Backend> {
-    layers: Vec<LayerCache<B>>,
-}
-
-/// One layer's keys and values: Burn tensors `[batch, kv_heads, seen, head_dim]`, or plain
-/// buffers once decode steps attend on the CPU (appending to a tensor copies all of it).
-enum LayerCache<B: Backend> {
-    Empty,
-    Tensors(Tensor<B, 4>, Tensor<B, 4>),
-    Cpu(CpuKv),
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(layers: usize) -> Self {
         Self {
-            layers: (0..layers).map(|_| LayerCache::Empty).collect(),
+            layers: vec![None; layers],
         }
     }
 
     /// Positions held (0 before the first step).
     pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(LayerCache::Tensors(k, _)) => k.dims()[2],
-            Some(LayerCache::Cpu(kv)) => kv.len,
-            Some(LayerCache::Empty) | None => 0,
-        }
+        self.layers
+            .first()
+            .and_then(|layer| layer.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-impl<B: Backend> LayerCache<B> {
-    /// The cache as tensors, for steps that attend with Burn ops.
-    fn take_tensors(&mut self, device: &Device<B>) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
-        match std::mem::replace(self, Self::Empty) {
-            Self::Empty => None,
-            Self::Tensors(k, v) => Some((k, v)),
-            Self::Cpu(kv) => Some(kv.to_tensors(device)),
-        }
-    }
-
-    /// The cache as CPU buffers, for decode steps.
-    fn cpu(&mut self) -> &mut CpuKv {
-        if let Self::Tensors(k, v) = self {
-            *self = Self::Cpu(CpuKv::from_tensors(k.clone(), v.clone()));
-        }
-        match self {
-            Self::Cpu(kv) => kv,
-            _ => panic!("decode steps on the CPU follow a prefill"),
-        }
-    }
-}
-
-/// Keys and values `[batch, kv_heads, capacity, head_dim]` row-major, the first `len`
-/// positions filled: a decode step writes one position in place.
-struct CpuKv {
-    keys: Vec<f32>,
-    values: Vec<f32>,
-    batch: usize,
-    heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    len: usize,
-}
-
-impl CpuKv {
-    fn from_tensors<B: Backend>(k: Tensor<B, 4>, v: Tensor<B, 4>) -> Self {
-        let [batch, heads, len, head_dim] = k.dims();
-        let values_of = |t: Tensor<B, 4>| -> Vec<f32> {
-            t.into_data().to_vec().expect("keys and values are f32")
-        };
-        let mut kv = Self {
-            keys: Vec::new(),
-            values: Vec::new(),
-            batch,
-            heads,
-            head_dim,
-            capacity: 0,
-            len,
-        };
-        kv.keys = kv.with_capacity(&values_of(k), len, len + 64);
-        kv.values = kv.with_capacity(&values_of(v), len, len + 64);
-        kv.capacity = len + 64;
-        kv
-    }
-
-    /// `data` `[batch, heads, len, head_dim]` copied into a buffer of `capacity` positions.
-    fn with_capacity(&self, data: &[f32], len: usize, capacity: usize) -> Vec<f32> {
-        let (stride, used) = (capacity * self.head_dim, len * self.head_dim);
-        let mut out = vec![0f32; self.batch * self.heads * stride];
-        if used > 0 {
-            for (to, from) in out.chunks_exact_mut(stride).zip(data.chunks_exact(used)) {
-                to[..used].copy_from_slice(from);
-            }
-        }
-        out
-    }
-
-    fn to_tensors<B: Backend>(&self, device: &Device<B>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let shape = [self.batch, self.heads, self.len, self.head_dim];
-        let (stride, used) = (self.capacity * self.head_dim, self.len * self.head_dim);
-        let tensor = |buffer: &[f32]| {
-            let values: Vec<f32> = buffer
-                .chunks_exact(stride)
-                .flat_map(|head| &head[..used])
-                .copied()
-                .collect();
-            Tensor::from_data(TensorData::new(values, shape), device)
-        };
-        (tensor(&self.keys), tensor(&self.values))
-    }
-
-    /// Appends one position per row: `k` and `v` are `[batch, heads, head_dim]`.
-    fn push(&mut self, k: &[f32], v: &[f32]) {
-        if self.len == self.capacity {
-            // Doubling keeps the copies amortized O(1) per step.
-            let capacity = 2 * self.capacity.max(32);
-            self.keys = self.with_capacity(&self.compact(&self.keys), self.len, capacity);
-            self.values = self.with_capacity(&self.compact(&self.values), self.len, capacity);
-            self.capacity = capacity;
-        }
-        let hd = self.head_dim;
-        let at = self.len * hd;
-        for (head, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
-            let start = head * self.capacity * hd + at;
-            self.keys[start..start + hd].copy_from_slice(k);
-            self.values[start..start + hd].copy_from_slice(v);
-        }
-        self.len += 1;
-    }
-
-    /// The filled positions of `buffer`, `[batch, heads, len, head_dim]`.
-    fn compact(&self, buffer: &[f32]) -> Vec<f32> {
-        let (stride, used) = (self.capacity * self.head_dim, self.len * self.head_dim);
-        buffer
-            .chunks_exact(stride)
-            .flat_map(|head| &head[..used])
-            .copied()
-            .collect()
-    }
-
-    /// Scaled dot-product attention of one query position per row: `q` `[batch, q_heads,
-    /// head_dim]`, `bias` `[batch, len]` added to the scores; returns `[batch, q_heads *
-    /// head_dim]`. Query head `h` reads key-value head `h / (q_heads / heads)`, as the grouped
-    /// attention of `Llama::step` does: the same operations in the same order, up to the
-    /// summation order of the dot products.
-    fn attend(&self, q: &[f32], bias: &[f32], q_heads: usize, scale: f32) -> Vec<f32> {
-        use rayon::prelude::*;
-        let width = q_heads * self.head_dim;
-        let mut out = vec![0f32; self.batch * width];
-        #[cfg(target_arch = "x86_64")]
-        let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        out.par_chunks_mut(width)
-            .zip(q.par_chunks(width))
-            .enumerate()
-            .for_each(|(row, (out, q))| {
-                let bias = &bias[row * self.len..(row + 1) * self.len];
-                #[cfg(target_arch = "x86_64")]
-                if fma {
-                    // SAFETY: the CPU has AVX2 and FMA (checked above).
-                    return unsafe { self.attend_row_fma(row, q, bias, scale, out) };
-                }
-                self.attend_row::<false>(row, q, bias, scale, out)
-            });
-        out
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn attend_row_fma(&self, row: usize, q: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
-        self.attend_row::<true>(row, q, bias, scale, out)
-    }
-
-    /// [`CpuKv::attend`] for batch row `row`: `q` and `out` `[q_heads, head_dim]`.
-    #[inline(always)]
-    fn attend_row<const FMA: bool>(
-        &self,
-        row: usize,
-        q: &[f32],
-        bias: &[f32],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        let (hd, len) = (self.head_dim, self.len);
-        let group = q.len() / hd / self.heads;
-        let stride = self.capacity * hd;
-        let mut scores = vec![0f32; len];
-        for (head, (out, q)) in out.chunks_exact_mut(hd).zip(q.chunks_exact(hd)).enumerate() {
-            let kv = (row * self.heads + head / group) * stride;
-            let keys = &self.keys[kv..kv + len * hd];
-            let values = &self.values[kv..kv + len * hd];
-            for ((score, key), &bias) in scores.iter_mut().zip(keys.chunks_exact(hd)).zip(bias) {
-                *score = dot::<FMA>(q, key) * scale + bias;
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for score in &mut scores {
-                *score = (*score - max).exp();
-                total += *score;
-            }
-            for (&weight, value) in scores.iter().zip(values.chunks_exact(hd)) {
-                let weight = weight / total;
-                for (out, &value) in out.iter_mut().zip(value) {
-                    *out = if FMA {
-                        weight.mul_add(value, *out)
-                    } else {
-                        weight * value + *out
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// A dot product in eight independent partial sums, so that it vectorizes.
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let (a8, a_tail) = a.as_chunks::<8>();
-    let (b8, b_tail) = b.as_chunks::<8>();
-    let mut lanes = [0f32; 8];
-    for (a, b) in a8.iter().zip(b8) {
-        for l in 0..8 {
-            lanes[l] = if FMA {
-                a[l].mul_add(b[l], lanes[l])
-            } else {
-                a[l] * b[l] + lanes[l]
-            };
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum();
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
 }
 
 /// A Llama-family decoder with its weights on one device.
@@ -459,16 +246,6 @@ impl<B: Backend> Llama<B> {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let fast = self.block_kernels && rows <= BLOCK_KERNEL_ROWS;
-        // Decode steps (one position per row) attend on the CPU against a cache appended in
-        // place: `[batch, total]` attention bias.
-        let decode_bias: Option<Vec<f32>> = (fast && len == 1).then(|| {
-            input
-                .mask_bias
-                .clone()
-                .into_data()
-                .to_vec()
-                .expect("the attention bias is f32")
-        });
 
         for (layer, (block, cached)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate()
         {
@@ -487,51 +264,44 @@ impl<B: Backend> Llama<B> {
             let heads_of =
                 |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
             let split = |t: Tensor<B, 2>, n: usize| t.reshape([rows, n, hd]);
-            let q = rope.apply(split(project(&block.q, Target::Q, normed.clone()), heads));
-            let k = rope.apply(split(
-                project(&block.k, Target::K, normed.clone()),
+            let q = heads_of(
+                rope.apply(split(project(&block.q, Target::Q, normed.clone()), heads)),
+                heads,
+            );
+            let k = heads_of(
+                rope.apply(split(
+                    project(&block.k, Target::K, normed.clone()),
+                    kv_heads,
+                )),
                 kv_heads,
-            ));
-            let v = split(project(&block.v, Target::V, normed), kv_heads);
-            let attended = if let Some(bias) = &decode_bias {
-                // One position per row: [rows, n, hd] is [batch, n, hd].
-                let values = |t: Tensor<B, 3>| -> Vec<f32> {
-                    t.into_data().to_vec().expect("activations are f32")
-                };
-                let kv = cached.cpu();
-                kv.push(&values(k), &values(v));
-                let out = kv.attend(&values(q), bias, heads, scale as f32);
-                Tensor::from_data(TensorData::new(out, [rows, heads * hd]), &self.device)
-            } else {
-                let (q, k, v) = (
-                    heads_of(q, heads),
-                    heads_of(k, kv_heads),
-                    heads_of(v, kv_heads),
-                );
-                let (k, v) = match cached.take_tensors(&self.device) {
-                    Some((past_k, past_v)) => (
-                        Tensor::cat(vec![past_k, k], 2),
-                        Tensor::cat(vec![past_v, v], 2),
-                    ),
-                    None => (k, v),
-                };
-                *cached = LayerCache::Tensors(k.clone(), v.clone());
-                let total = k.dims()[2];
-                // Grouped-query attention without copying keys: the query heads that share a
-                // key-value head are stacked along the position axis.
-                let q = q.reshape([batch, kv_heads, group * len, hd]);
-                let scores = q
-                    .matmul(k.swap_dims(2, 3))
-                    .mul_scalar(scale)
-                    .reshape([batch, heads, len, total])
-                    + input.mask_bias.clone();
-                softmax(scores, 3)
-                    .reshape([batch, kv_heads, group * len, total])
-                    .matmul(v)
-                    .reshape([batch, heads, len, hd])
-                    .swap_dims(1, 2)
-                    .reshape([rows, heads * hd])
+            );
+            let v = heads_of(
+                split(project(&block.v, Target::V, normed), kv_heads),
+                kv_heads,
+            );
+            let (k, v) = match cached.take() {
+                Some((past_k, past_v)) => (
+                    Tensor::cat(vec![past_k, k], 2),
+                    Tensor::cat(vec![past_v, v], 2),
+                ),
+                None => (k, v),
             };
+            *cached = Some((k.clone(), v.clone()));
+            let total = k.dims()[2];
+            // Grouped-query attention without copying keys: the query heads that share a
+            // key-value head are stacked along the position axis.
+            let q = q.reshape([batch, kv_heads, group * len, hd]);
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar(scale)
+                .reshape([batch, heads, len, total])
+                + input.mask_bias.clone();
+            let attended = softmax(scores, 3)
+                .reshape([batch, kv_heads, group * len, total])
+                .matmul(v)
+                .reshape([batch, heads, len, hd])
+                .swap_dims(1, 2)
+                .reshape([rows, heads * hd]);
             x = x + project(&block.o, Target::O, attended);
 
             let normed = rms_norm(x.clone(), &block.mlp_norm, eps);
@@ -801,51 +571,5 @@ impl<B: Backend> Llama<B> {
             ..self.config.clone()
         };
         save_hf(dir, &config, &hf_tensors(self)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::{Backend, device};
-
-    #[test]
-    fn the_cpu_cache_grows_and_converts_back_to_tensors() {
-        let (batch, heads, hd, prompt) = (2, 2, 8, 3);
-        let value =
-            |b: usize, h: usize, p: usize, d: usize| (((b * 7 + h) * 1000 + p) * 10 + d) as f32;
-        let tensor = |len: usize, offset: f32| {
-            let mut values = Vec::new();
-            for b in 0..batch {
-                for h in 0..heads {
-                    for p in 0..len {
-                        values.extend((0..hd).map(|d| value(b, h, p, d) + offset));
-                    }
-                }
-            }
-            Tensor::<Backend, 4>::from_data(
-                TensorData::new(values, [batch, heads, len, hd]),
-                &device(),
-            )
-        };
-        let mut cache = CpuKv::from_tensors(tensor(prompt, 0.0), tensor(prompt, 0.5));
-        // Past the first capacity, so the buffers grow once.
-        let total = cache.capacity + 5;
-        for p in prompt..total {
-            let step = |offset: f32| -> Vec<f32> {
-                (0..batch)
-                    .flat_map(|b| {
-                        (0..heads)
-                            .flat_map(move |h| (0..hd).map(move |d| value(b, h, p, d) + offset))
-                    })
-                    .collect()
-            };
-            cache.push(&step(0.0), &step(0.5));
-        }
-        assert_eq!(cache.len, total);
-        let (k, v) = cache.to_tensors::<Backend>(&device());
-        let read = |t: Tensor<Backend, 4>| t.into_data().to_vec::<f32>().unwrap();
-        assert_eq!(read(k), read(tensor(total, 0.0)));
-        assert_eq!(read(v), read(tensor(total, 0.5)));
     }
 }
