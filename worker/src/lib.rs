@@ -9,6 +9,7 @@ pub mod chat;
 pub mod encoder;
 pub mod executor;
 pub mod llm;
+pub mod nn;
 pub mod recommend;
 pub mod serve;
 pub mod stages;

@@ -124,7 +124,7 @@ impl<B: Backend> LoraPair<B> {
                 let keep = dropout.mask(rows * columns);
                 let keep =
                     Tensor::<B, 2>::from_data(TensorData::new(keep, [rows, columns]), &x.device());
-                (x * keep).div_scalar(1.0 - dropout.probability)
+                x * keep
             }
             None => x,
         };
@@ -215,12 +215,12 @@ impl Dropout {
         }
     }
 
-    /// `n` keep-factors, 0 with the dropout probability and 1 otherwise.
+    /// `n` keep-factors of inverted dropout: 0 with the dropout probability, else
+    /// `1 / (1 - probability)`.
     fn mask(&self, n: usize) -> Vec<f32> {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        (0..n)
-            .map(|_| f32::from(u8::from(rng.random::<f32>() >= self.probability)))
-            .collect()
+        let kept = 1.0 / (1.0 - self.probability);
+        crate::nn::keep_factors(&mut *rng, n, self.probability, kept)
     }
 }
 

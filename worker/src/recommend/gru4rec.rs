@@ -6,8 +6,9 @@
 //! positions leave the state at zero, so a user's encoding does not depend on its batch.
 
 use super::data::SeqBatch;
+use crate::nn::{Dropout, linear_rows};
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, tanh};
 use serde::{Deserialize, Serialize};
@@ -54,7 +55,7 @@ impl<B: Backend> Gru4Rec<B> {
                 .with_initializer(xavier)
                 .init(device),
             dense: LinearConfig::new(config.state, hidden).init(device),
-            dropout: DropoutConfig::new(config.dropout).init(),
+            dropout: Dropout::new(config.dropout),
             state: config.state,
         }
     }
@@ -63,7 +64,7 @@ impl<B: Backend> Gru4Rec<B> {
     pub fn forward(&self, items: Tensor<B, 3>, input: &SeqBatch<B>) -> Tensor<B, 3> {
         let [batch, len, _] = items.dims();
         let s = self.state;
-        let gates_in = self.input.forward(self.dropout.forward(items));
+        let gates_in = linear_rows(&self.input, self.dropout.forward(items));
         let keep = input.padding.clone().bool_not().float();
         let mut h = Tensor::<B, 2>::zeros([batch, s], &gates_in.device());
         let mut states = Vec::with_capacity(len);
@@ -83,6 +84,6 @@ impl<B: Backend> Gru4Rec<B> {
             h = h + step * m;
             states.push(h.clone());
         }
-        self.dense.forward(Tensor::stack::<3>(states, 1))
+        linear_rows(&self.dense, Tensor::stack::<3>(states, 1))
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! Backbones only see `embed`.
 
+use crate::nn::linear_rows;
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
@@ -196,7 +197,7 @@ impl<B: Backend> ItemEncoder<B> {
             .forward(rationale)
             .unsqueeze_dim::<3>(1)
             .expand([batch, len, hidden]);
-        Some(g_f.forward(Tensor::cat(vec![text, states], 2)))
+        Some(linear_rows(g_f, Tensor::cat(vec![text, states], 2)))
     }
 
     /// Item vectors for tokens of any batch shape `[a, b]`: `[a, b, hidden]`. PAD rows are
@@ -211,12 +212,12 @@ impl<B: Backend> ItemEncoder<B> {
                     .clone()
                     .select(0, flat)
                     .reshape([a, b, table.dims()[1]]);
-                Some(proj.forward(text))
+                Some(linear_rows(proj, text))
             }
             _ => None,
         };
         match (ids, text, &self.fuse) {
-            (Some(ids), Some(text), Some(g_f)) => g_f.forward(Tensor::cat(vec![text, ids], 2)),
+            (Some(ids), Some(text), Some(g_f)) => linear_rows(g_f, Tensor::cat(vec![text, ids], 2)),
             (Some(ids), Some(text), None) => Tensor::cat(vec![ids, text], 2),
             (Some(ids), None, _) => ids,
             (None, Some(text), _) => text,

@@ -7,8 +7,9 @@
 //! so a user's encoding does not depend on how much padding its batch has.
 
 use super::data::SeqBatch;
+use crate::nn::{Dropout, linear_rows};
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
@@ -60,35 +61,40 @@ impl<B: Backend> Attention<B> {
             key: linear(),
             value: linear(),
             output: linear(),
-            dropout: DropoutConfig::new(dropout).init(),
+            dropout: Dropout::new(dropout),
             heads,
         }
     }
 
-    /// `queries` attend to `keys` (also the values); `mask` `[batch, 1, len, len]` is true
-    /// where attention is forbidden.
+    /// `queries` attend to `keys` (also the values); `bias` `[batch, len, len]` is added to
+    /// the attention scores (a large negative number where attention is forbidden).
     fn forward(
         &self,
         queries: Tensor<B, 3>,
         keys: Tensor<B, 3>,
-        mask: Tensor<B, 4, Bool>,
+        bias: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let [batch, len, hidden] = queries.dims();
-        let d_head = hidden / self.heads;
-        let split = |x: Tensor<B, 3>| x.reshape([batch, len, self.heads, d_head]).swap_dims(1, 2);
-        let q = split(self.query.forward(queries));
-        let k = split(self.key.forward(keys.clone()));
-        let v = split(self.value.forward(keys));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((d_head as f32).sqrt())
-            .mask_fill(mask.expand([batch, self.heads, len, len]), -1e9);
+        let heads = self.heads;
+        let d_head = hidden / heads;
+        // One head (SASRec's default) needs no split: a plain reshape keeps the data contiguous
+        // where swapping axes would make every later op copy it.
+        let split = |x: Tensor<B, 3>| match heads {
+            1 => x.reshape([batch, 1, len, d_head]),
+            _ => x.reshape([batch, len, heads, d_head]).swap_dims(1, 2),
+        };
+        // Scaling the queries costs `len x d_head` per row, the scores `len x len`.
+        let q = split(linear_rows(&self.query, queries).mul_scalar(1.0 / (d_head as f32).sqrt()));
+        let k = split(linear_rows(&self.key, keys.clone()));
+        let v = split(linear_rows(&self.value, keys));
+        let scores = q.matmul(k.swap_dims(2, 3)) + bias.unsqueeze_dim::<4>(1);
         let weights = self.dropout.forward(softmax(scores, 3));
-        let context = weights
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, len, hidden]);
-        self.output.forward(context)
+        let context = weights.matmul(v);
+        let context = match heads {
+            1 => context.reshape([batch, len, hidden]),
+            _ => context.swap_dims(1, 2).reshape([batch, len, hidden]),
+        };
+        linear_rows(&self.output, context)
     }
 }
 
@@ -113,16 +119,16 @@ impl<B: Backend> Block<B> {
             forward_norm: norm(),
             ffn_in: linear(),
             ffn_out: linear(),
-            dropout: DropoutConfig::new(config.dropout).init(),
+            dropout: Dropout::new(config.dropout),
         }
     }
 
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = self.attention_norm.forward(x.clone());
-        let x = q.clone() + self.attention.forward(q, x, mask);
+        let x = q.clone() + self.attention.forward(q, x, bias);
         let x = self.forward_norm.forward(x);
-        let h = relu(self.dropout.forward(self.ffn_in.forward(x.clone())));
-        x + self.dropout.forward(self.ffn_out.forward(h))
+        let h = relu(self.dropout.forward(linear_rows(&self.ffn_in, x.clone())));
+        x + self.dropout.forward(linear_rows(&self.ffn_out, h))
     }
 }
 
@@ -151,7 +157,7 @@ impl<B: Backend> SasRec<B> {
                     std: 0.02,
                 })
                 .init(device),
-            dropout: DropoutConfig::new(config.dropout).init(),
+            dropout: Dropout::new(config.dropout),
             blocks: (0..config.blocks)
                 .map(|_| Block::new(hidden, config, device))
                 .collect(),
@@ -191,19 +197,42 @@ impl<B: Backend> SasRec<B> {
             keep = Tensor::cat(vec![Tensor::ones([batch, 1, 1], &device), keep], 1);
         }
         let total = len + offset;
-        // Forbidden: future keys (causal) and padded keys.
-        let causal = Tensor::<B, 2, Bool>::tril_mask([total, total], 0, &device)
-            .unsqueeze::<4>()
-            .expand([batch, 1, total, total]);
-        let padded = padding
-            .reshape([batch, 1, 1, total])
-            .expand([batch, 1, total, total]);
-        let mask = causal.bool_or(padded);
+        let bias = attention_bias(padding, total, &device);
         for block in &self.blocks {
-            x = block.forward(x, mask.clone()) * keep.clone();
+            x = block.forward(x, bias.clone()) * keep.clone();
         }
         self.last_norm
             .forward(x)
             .slice([0..batch, offset..total, 0..hidden])
     }
 }
+
+/// Added to attention scores: a large negative number where a query may not look (later keys,
+/// padded keys), 0 elsewhere; `[batch, len, len]` from `padding` `[batch, len]`. Built once
+/// per forward pass and shared by every block.
+fn attention_bias<B: Backend>(
+    padding: Tensor<B, 2, Bool>,
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    // Built on the host: as a broadcast sum of a causal and a padding tensor it cost the CPU
+    // backend a strided walk per element, more than all the rest of the attention scores.
+    let padded: Vec<bool> = padding.into_data().to_vec().expect("a bool padding mask");
+    let batch = padded.len() / len;
+    let mut bias = vec![0.0f32; batch * len * len];
+    for (b, rows) in bias.chunks_mut(len * len).enumerate() {
+        let keys = &padded[b * len..(b + 1) * len];
+        for (query, row) in rows.chunks_mut(len).enumerate() {
+            for (key, value) in row.iter_mut().enumerate() {
+                if key > query || keys[key] {
+                    *value = FORBIDDEN;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [batch, len, len]), device)
+}
+
+/// Far below any real score, finite so that a row with every key forbidden (a padded query)
+/// still has a softmax; its output is zeroed after the block.
+const FORBIDDEN: f32 = -1e9;

@@ -16,6 +16,7 @@
 //! (IDs, `+`, SLIM's fused items) works unchanged.
 
 use super::data::{PAD, SeqBatch};
+use crate::nn::linear_rows;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
@@ -75,10 +76,10 @@ impl<B: Backend> GatedGraphCell<B> {
     fn forward(&self, a_in: Tensor<B, 3>, a_out: Tensor<B, 3>, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [graphs, nodes, hidden] = h.dims();
         let bias = |b: &Param<Tensor<B, 1>>| b.val().reshape([1, 1, hidden]);
-        let from_in = a_in.matmul(self.edge_in.forward(h.clone())) + bias(&self.bias_in);
-        let from_out = a_out.matmul(self.edge_out.forward(h.clone())) + bias(&self.bias_out);
-        let gi = self.input.forward(Tensor::cat(vec![from_in, from_out], 2));
-        let gh = self.recurrent.forward(h.clone());
+        let from_in = a_in.matmul(linear_rows(&self.edge_in, h.clone())) + bias(&self.bias_in);
+        let from_out = a_out.matmul(linear_rows(&self.edge_out, h.clone())) + bias(&self.bias_out);
+        let gi = linear_rows(&self.input, Tensor::cat(vec![from_in, from_out], 2));
+        let gh = linear_rows(&self.recurrent, h.clone());
         let part = |m: Tensor<B, 3>, i: usize| {
             m.slice([0..graphs, 0..nodes, i * hidden..(i + 1) * hidden])
         };
@@ -166,10 +167,13 @@ impl<B: Backend> SrGnn<B> {
             .select(0, index(graphs.history))
             .reshape([p, w, hidden]);
         let last = nodes.select(0, index(graphs.last));
-        let alpha = self.attend_score.forward(sigmoid(
-            self.attend_last.forward(last.clone()).unsqueeze_dim::<3>(1)
-                + self.attend_each.forward(history.clone()),
-        ));
+        let alpha = linear_rows(
+            &self.attend_score,
+            sigmoid(
+                self.attend_last.forward(last.clone()).unsqueeze_dim::<3>(1)
+                    + linear_rows(&self.attend_each, history.clone()),
+            ),
+        );
         let in_history =
             Tensor::<B, 3>::from_data(TensorData::new(graphs.history_mask, [p, w, 1]), &device);
         let pooled = (alpha * in_history * history)

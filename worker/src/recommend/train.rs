@@ -290,6 +290,7 @@ pub fn train_with_rationales<B: AutodiffBackend>(
     );
 
     B::seed(device, config.seed);
+    crate::nn::seed_dropout(config.seed);
     let mut model = Recommender::<B>::with_rationales(
         model_config,
         data.num_items,
