@@ -208,11 +208,16 @@ impl<B: Backend> ItemEncoder<B> {
             (Some(table), Some(proj)) => {
                 let [a, b] = tokens.dims();
                 let flat = tokens.reshape([a * b]);
-                let text = table
-                    .clone()
-                    .select(0, flat)
-                    .reshape([a, b, table.dims()[1]]);
-                Some(linear_rows(proj, text))
+                let items = table.dims()[0];
+                // Projecting is linear, so gather-then-project equals project-then-gather;
+                // do whichever multiplies fewer rows (a training batch gathers tens of
+                // thousands of rows from a catalogue that may be smaller).
+                let text = if a * b > items {
+                    proj.forward(table.clone()).select(0, flat)
+                } else {
+                    proj.forward(table.clone().select(0, flat))
+                };
+                Some(text.reshape([a, b, proj.weight.dims()[1]]))
             }
             _ => None,
         };
