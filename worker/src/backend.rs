@@ -27,6 +27,19 @@ pub fn device() -> burn::tensor::Device<Backend> {
     Default::default()
 }
 
+/// Whether `B` is the plain CPU backend (not under autodiff, not a GPU): the case where host
+/// kernels may read and write tensor data directly instead of going through Burn's ops.
+pub fn is_plain_cpu<B: burn::tensor::backend::Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

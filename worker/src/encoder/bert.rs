@@ -4,8 +4,9 @@
 //! come from a checkpoint (never initialised), and the forward pass reads like the BERT paper.
 //! Linear weights are stored transposed (`[in, out]`) so a projection is one matmul.
 
+use crate::nn::gelu;
 use anyhow::{Context, Result, ensure};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::SafeTensors;

@@ -135,7 +135,9 @@ impl<B: Backend> Llama<B> {
                 device,
             ))
         };
-        let block_kernels = block_kernels_apply::<B>();
+        // The block kernels run on the CPU backend only; under autodiff or on a GPU every
+        // projection stays a Burn matmul.
+        let block_kernels = crate::backend::is_plain_cpu::<B>();
         let quantized =
             |name: &str, input: usize, output: usize| -> Result<Option<Arc<QuantMatrix>>> {
                 if !block_kernels {
@@ -409,19 +411,6 @@ impl<B: Backend> Llama<B> {
             self.config.vocab_size
         );
         Ok(())
-    }
-}
-
-/// The block kernels run on the CPU backend only; under autodiff or on a GPU every projection
-/// stays a Burn matmul.
-fn block_kernels_apply<B: Backend>() -> bool {
-    #[cfg(feature = "flex")]
-    {
-        std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        false
     }
 }
 
