@@ -1,6 +1,7 @@
 //! Building blocks on top of `burn::nn` that the CPU backend runs much faster than the
-//! stock ones: inverted dropout with masks drawn on the host, and linear layers applied to
-//! every position of a sequence as one matrix product.
+//! stock ones: inverted dropout with masks drawn on the host, GELU with a host `erf`, and
+//! linear layers applied to every position of a sequence as one matrix product; and the
+//! attention-bias value every model here uses for forbidden positions.
 //!
 //! **Dropout.** Burn's `nn::Dropout` draws its mask through the backend's random tensor, which
 //! on the CPU backend builds a distribution sampler per element and takes one 64-bit ChaCha
@@ -28,12 +29,25 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use std::cell::RefCell;
 
-/// Keep factors for `n` elements: 0 with probability `probability`, else `kept`.
+/// Added to an attention score where attention is forbidden (later or padded keys): far below
+/// any real score, finite so that a row with every key forbidden still has a softmax, and
+/// without NaN when added to itself.
+pub const MASKED: f32 = -1e9;
+
+/// Inverted-dropout factors for `n` elements: 0 with probability `probability`, else
+/// `1 / (1 - probability)`.
 ///
 /// The probability is resolved to 1/65,536 (four 16-bit draws per 64-bit number), far finer
 /// than any dropout rate needs.
-pub fn keep_factors(rng: &mut impl RngCore, n: usize, probability: f32, kept: f32) -> Vec<f32> {
-    let threshold = (probability.clamp(0.0, 1.0) * 65_536.0).round() as u32;
+pub fn keep_factors(rng: &mut impl RngCore, n: usize, probability: f32) -> Vec<f32> {
+    let probability = probability.clamp(0.0, 1.0);
+    let threshold = (probability * 65_536.0).round() as u32;
+    // Never read when everything is dropped.
+    let kept = if probability < 1.0 {
+        1.0 / (1.0 - probability)
+    } else {
+        0.0
+    };
     let mut factors = Vec::with_capacity(n);
     while factors.len() < n {
         let bits = rng.next_u64();
@@ -77,17 +91,11 @@ impl Dropout {
             return input;
         }
         let shape = input.shape();
-        let kept = if self.prob < 1.0 {
-            (1.0 / (1.0 - self.prob)) as f32
-        } else {
-            0.0
-        };
         let factors = MASKS.with(|rng| {
             keep_factors(
                 &mut *rng.borrow_mut(),
                 shape.num_elements(),
                 self.prob as f32,
-                kept,
             )
         });
         input * Tensor::from_data(TensorData::new(factors, shape), &device)
@@ -145,21 +153,13 @@ mod tests {
     #[test]
     fn keeps_about_one_minus_p_and_scales_what_it_keeps() {
         let mut rng = SmallRng::seed_from_u64(3);
-        let factors = keep_factors(&mut rng, 100_003, 0.2, 1.25);
+        let factors = keep_factors(&mut rng, 100_003, 0.2);
         assert_eq!(factors.len(), 100_003);
         assert!(factors.iter().all(|&f| f == 0.0 || f == 1.25));
         let dropped = factors.iter().filter(|&&f| f == 0.0).count() as f64 / 100_003.0;
         assert!((dropped - 0.2).abs() < 0.01, "dropped {dropped}");
-        assert!(
-            keep_factors(&mut rng, 50, 0.0, 1.0)
-                .iter()
-                .all(|&f| f == 1.0)
-        );
-        assert!(
-            keep_factors(&mut rng, 50, 1.0, 1.0)
-                .iter()
-                .all(|&f| f == 0.0)
-        );
+        assert!(keep_factors(&mut rng, 50, 0.0).iter().all(|&f| f == 1.0));
+        assert!(keep_factors(&mut rng, 50, 1.0).iter().all(|&f| f == 0.0));
     }
 
     #[test]

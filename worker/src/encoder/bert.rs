@@ -4,7 +4,7 @@
 //! come from a checkpoint (never initialised), and the forward pass reads like the BERT paper.
 //! Linear weights are stored transposed (`[in, out]`) so a projection is one matmul.
 
-use crate::nn::gelu;
+use crate::nn::{MASKED, gelu};
 use anyhow::{Context, Result, ensure};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
@@ -268,7 +268,7 @@ impl<B: Backend> Bert<B> {
         // Additive attention bias: 0 where a key is a token, a large negative where padding.
         let bias: Vec<f32> = mask
             .iter()
-            .map(|&m| if m == 0 { -1e9 } else { 0.0 })
+            .map(|&m| if m == 0 { MASKED } else { 0.0 })
             .collect();
         let bias =
             Tensor::<B, 4>::from_data(TensorData::new(bias, [batch, 1, 1, len]), &self.device);

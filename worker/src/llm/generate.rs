@@ -1,7 +1,8 @@
 //! Batched generation with a KV cache: prompts of different lengths are left-padded into one
 //! batch, prefilled in one pass, then decoded one token per step until every row stops.
 
-use super::model::{Llama, MASKED, StepInput};
+use super::model::{Llama, StepInput};
+use crate::nn::MASKED;
 use anyhow::{Result, ensure};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -219,8 +219,7 @@ impl Dropout {
     /// `1 / (1 - probability)`.
     fn mask(&self, n: usize) -> Vec<f32> {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = 1.0 / (1.0 - self.probability);
-        crate::nn::keep_factors(&mut *rng, n, self.probability, kept)
+        crate::nn::keep_factors(&mut *rng, n, self.probability)
     }
 }
 

@@ -10,6 +10,7 @@ use super::config::{LlamaConfig, RopePairing};
 use super::cpu_matvec::QuantMatrix;
 use super::lora::{LoraAdapters, Target};
 use super::weights::{NamedTensor, WeightSource, hf_names, save_hf, tensor_values};
+use crate::nn::MASKED;
 use anyhow::{Result, ensure};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
@@ -413,9 +414,6 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 }
-
-/// A large negative that survives `softmax` without producing NaN when added to itself.
-pub(crate) const MASKED: f32 = -1e9;
 
 /// Causal attention bias for right-padded rows of `lengths` within `len` positions: a position
 /// attends to earlier real positions of its own row (padding only to itself).

@@ -7,7 +7,7 @@
 //! so a user's encoding does not depend on how much padding its batch has.
 
 use super::data::SeqBatch;
-use crate::nn::{Dropout, linear_rows};
+use crate::nn::{Dropout, MASKED, linear_rows};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
@@ -225,14 +225,10 @@ fn attention_bias<B: Backend>(
         for (query, row) in rows.chunks_mut(len).enumerate() {
             for (key, value) in row.iter_mut().enumerate() {
                 if key > query || keys[key] {
-                    *value = FORBIDDEN;
+                    *value = MASKED;
                 }
             }
         }
     }
     Tensor::from_data(TensorData::new(bias, [batch, len, len]), device)
 }
-
-/// Far below any real score, finite so that a row with every key forbidden (a padded query)
-/// still has a softmax; its output is zeroed after the block.
-const FORBIDDEN: f32 = -1e9;
