@@ -145,6 +145,27 @@ fn gelu_exact(x: f32) -> f32 {
     x * cdf
 }
 
+/// A dot product in eight independent partial sums, so that it vectorizes.
+#[inline(always)]
+pub fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
+    let mut lanes = [0f32; 8];
+    for (a, b) in a8.iter().zip(b8) {
+        for l in 0..8 {
+            lanes[l] = if FMA {
+                a[l].mul_add(b[l], lanes[l])
+            } else {
+                a[l] * b[l] + lanes[l]
+            };
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum();
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod cpu_matvec;
 pub mod finetune;
 pub mod generate;
 pub mod gguf;
+pub mod host_decode;
 pub mod lora;
 pub mod model;
 pub mod quant;

@@ -8,6 +8,7 @@
 
 use super::config::{LlamaConfig, RopePairing};
 use super::cpu_matvec::QuantMatrix;
+use super::host_decode::{HostDecoder, HostKv, HostLayer, RopePlan};
 use super::lora::{LoraAdapters, Target};
 use super::weights::{NamedTensor, WeightSource, hf_names, save_hf, tensor_values};
 use crate::nn::MASKED;
@@ -55,28 +56,59 @@ pub(crate) struct Block<B: Backend> {
     pub(crate) down: Projection<B>,
 }
 
-/// Keys and values of the positions seen so far, per layer: `[batch, kv_heads, seen, head_dim]`.
+/// Keys and values of the positions seen so far, per layer.
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    layers: Vec<LayerCache<B>>,
+}
+
+/// One layer's keys and values: Burn tensors `[batch, kv_heads, seen, head_dim]`, or host
+/// buffers once decode steps run on the host (appending to a tensor copies all of it).
+enum LayerCache<B: Backend> {
+    Empty,
+    Tensors(Tensor<B, 4>, Tensor<B, 4>),
+    Host(HostKv),
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(layers: usize) -> Self {
         Self {
-            layers: vec![None; layers],
+            layers: (0..layers).map(|_| LayerCache::Empty).collect(),
         }
     }
 
     /// Positions held (0 before the first step).
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|layer| layer.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+        match self.layers.first() {
+            Some(LayerCache::Tensors(k, _)) => k.dims()[2],
+            Some(LayerCache::Host(kv)) => kv.len,
+            Some(LayerCache::Empty) | None => 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// The cache as tensors, for steps that attend with Burn ops.
+    fn take_tensors(&mut self, device: &Device<B>) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        match std::mem::replace(self, Self::Empty) {
+            Self::Empty => None,
+            Self::Tensors(k, v) => Some((k, v)),
+            Self::Host(kv) => Some(kv.to_tensors(device)),
+        }
+    }
+
+    /// The cache as host buffers, for decode steps on the host.
+    fn host(&mut self) -> &mut HostKv {
+        if let Self::Tensors(k, v) = self {
+            *self = Self::Host(HostKv::from_tensors(k.clone(), v.clone()));
+        }
+        match self {
+            Self::Host(kv) => kv,
+            _ => panic!("decode steps on the host follow a prefill"),
+        }
     }
 }
 
@@ -90,6 +122,9 @@ pub struct Llama<B: Backend> {
     pub(crate) head: Projection<B>,
     /// Whether decode steps may use the CPU block kernels (the CPU backend, no autodiff).
     block_kernels: bool,
+    /// Decode steps on host buffers, when every projection has quantized blocks (see
+    /// `host_decode`); dropped when a merge changes weights.
+    host: Option<HostDecoder>,
     rope: Rope<B, 2>,
     device: Device<B>,
 }
@@ -183,17 +218,26 @@ impl<B: Backend> Llama<B> {
         } else {
             projection(hf_names::HEAD, h, config.vocab_size)?
         };
-        let rope = Rope::tables(&config, device);
+        let plan = RopePlan::new(&config);
+        let rope = Rope::tables(&plan, config.max_position_embeddings, device);
+        let final_norm = vector(hf_names::FINAL_NORM, h)?;
+        let host = host_decoder(&config, &blocks, &final_norm, plan)?;
         Ok(Self {
-            final_norm: vector(hf_names::FINAL_NORM, h)?,
+            final_norm,
             embedding,
             blocks,
             head,
             block_kernels,
+            host,
             rope,
             device: device.clone(),
             config,
         })
+    }
+
+    /// Whether decode steps run on host buffers (see `host_decode`).
+    pub fn decodes_on_host(&self) -> bool {
+        self.host.is_some()
     }
 
     pub fn device(&self) -> &Device<B> {
@@ -220,6 +264,13 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 2> {
         let [batch, len] = input.tokens.dims();
         let rows = batch * len;
+        if len == 1
+            && rows <= BLOCK_KERNEL_ROWS
+            && adapters.is_none()
+            && let Some(host) = &self.host
+        {
+            return self.host_step(host, input, cache);
+        }
         let h = self.config.hidden_size;
         let hd = self.config.head_dim();
         let heads = self.config.num_attention_heads;
@@ -282,14 +333,14 @@ impl<B: Backend> Llama<B> {
                 split(project(&block.v, Target::V, normed), kv_heads),
                 kv_heads,
             );
-            let (k, v) = match cached.take() {
+            let (k, v) = match cached.take_tensors(&self.device) {
                 Some((past_k, past_v)) => (
                     Tensor::cat(vec![past_k, k], 2),
                     Tensor::cat(vec![past_v, v], 2),
                 ),
                 None => (k, v),
             };
-            *cached = Some((k.clone(), v.clone()));
+            *cached = LayerCache::Tensors(k.clone(), v.clone());
             let total = k.dims()[2];
             // Grouped-query attention without copying keys: the query heads that share a
             // key-value head are stacked along the position axis.
@@ -313,6 +364,35 @@ impl<B: Backend> Llama<B> {
             x = x + project(&block.down, Target::Down, gated);
         }
         rms_norm(x, &self.final_norm, eps).reshape([rows, h])
+    }
+
+    /// A decode step (one position per row) on host buffers: the same result as the tensor
+    /// path, without its per-operation overhead.
+    fn host_step(
+        &self,
+        host: &HostDecoder,
+        input: StepInput<B>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let [batch, _] = input.tokens.dims();
+        let embedded = self
+            .embedding
+            .clone()
+            .select(0, input.tokens.reshape([batch]));
+        let read = |data: TensorData| -> Vec<f32> { data.to_vec().expect("activations are f32") };
+        let positions: Vec<usize> = input
+            .positions
+            .into_data()
+            .iter::<i64>()
+            .map(|p| p as usize)
+            .collect();
+        let bias = read(input.mask_bias.into_data());
+        let mut caches: Vec<&mut HostKv> = cache.layers.iter_mut().map(LayerCache::host).collect();
+        let hidden = host.step(read(embedded.into_data()), &positions, &bias, &mut caches);
+        Tensor::from_data(
+            TensorData::new(hidden, [batch, self.config.hidden_size]),
+            &self.device,
+        )
     }
 
     /// Vocabulary logits `[rows, vocab]` for hidden states `[rows, hidden]`.
@@ -374,7 +454,8 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Adds `adapters` into the base weights for inference at base-model speed. The merged
-    /// projections lose their quantized blocks (they no longer hold the merged values).
+    /// projections lose their quantized blocks (they no longer hold the merged values); on the
+    /// CPU they keep f32 rows for the decode kernels instead.
     pub fn merge(&mut self, adapters: &LoraAdapters<B>) -> Result<()> {
         ensure!(
             adapters.layers.len() == self.blocks.len(),
@@ -399,8 +480,16 @@ impl<B: Backend> Llama<B> {
                 let update = pair.a.val().matmul(pair.b.val()).mul_scalar(adapters.scale);
                 projection.weight = projection.weight.clone() + update;
                 projection.blocks = None;
+                if self.block_kernels {
+                    // Checkpoints' [out, in] layout, which the kernels read.
+                    let (values, shape) = tensor_values(projection.weight.clone().transpose())?;
+                    projection.blocks =
+                        QuantMatrix::from_f32(values, shape[0], shape[1]).map(Arc::new);
+                }
             }
         }
+        let plan = RopePlan::new(&self.config);
+        self.host = host_decoder(&self.config, &self.blocks, &self.final_norm, plan)?;
         Ok(())
     }
 
@@ -431,6 +520,48 @@ fn causal_bias<B: Backend>(lengths: &[usize], len: usize, device: &Device<B>) ->
     Tensor::from_data(TensorData::new(bias, [lengths.len(), 1, len, len]), device)
 }
 
+/// The host decode path for `blocks`, when every projection has quantized blocks.
+fn host_decoder<B: Backend>(
+    config: &LlamaConfig,
+    blocks: &[Block<B>],
+    final_norm: &Tensor<B, 1>,
+    rope: RopePlan,
+) -> Result<Option<HostDecoder>> {
+    let quantized = |p: &Projection<B>| p.blocks.clone();
+    let mut layers = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) = (
+            quantized(&block.q),
+            quantized(&block.k),
+            quantized(&block.v),
+            quantized(&block.o),
+            quantized(&block.gate),
+            quantized(&block.up),
+            quantized(&block.down),
+        ) else {
+            return Ok(None);
+        };
+        layers.push(HostLayer {
+            attention_norm: tensor_values(block.attention_norm.clone())?.0,
+            q,
+            k,
+            v,
+            o,
+            mlp_norm: tensor_values(block.mlp_norm.clone())?.0,
+            gate,
+            up,
+            down,
+        });
+    }
+    Ok(Some(HostDecoder {
+        layers,
+        final_norm: tensor_values(final_norm.clone())?.0,
+        rope,
+        heads: config.num_attention_heads,
+        eps: config.rms_norm_eps as f32,
+    }))
+}
+
 fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
     let mean_square = x.clone().powf_scalar(2.0).mean_dim(1);
     x * (mean_square + eps).sqrt().recip() * weight.clone().unsqueeze::<2>()
@@ -450,23 +581,14 @@ struct Rope<B: Backend, const D: usize> {
 }
 
 impl<B: Backend> Rope<B, 2> {
-    fn tables(config: &LlamaConfig, device: &Device<B>) -> Self {
-        let hd = config.head_dim();
-        let half = hd / 2;
-        let positions = config.max_position_embeddings;
-        // Pair p holds dimensions (first(p), second(p)); second = first rotated by +90 degrees.
-        let pair_of = |p: usize| match config.rope_pairing {
-            RopePairing::Half => (p, p + half),
-            RopePairing::Interleaved => (2 * p, 2 * p + 1),
-        };
+    fn tables(plan: &RopePlan, positions: usize, device: &Device<B>) -> Self {
+        let hd = plan.head_dim;
+        // cos/sin repeat each pair's angle on both its dimensions.
         let mut cos = vec![0f32; positions * hd];
         let mut sin = vec![0f32; positions * hd];
         for position in 0..positions {
-            for p in 0..half {
-                // Computed in f64 and rounded once, as PyTorch's f32 path nearly does.
-                let inv_freq = (1.0 / config.rope_theta.powf(2.0 * p as f64 / hd as f64)) as f32;
-                let angle = position as f32 * inv_freq;
-                let (a, b) = pair_of(p);
+            for (p, &(a, b)) in plan.pairs.iter().enumerate() {
+                let angle = plan.angle(position, p);
                 for d in [a, b] {
                     cos[position * hd + d] = angle.cos();
                     sin[position * hd + d] = angle.sin();
@@ -475,8 +597,7 @@ impl<B: Backend> Rope<B, 2> {
         }
         // (x @ rotation)[a] = -x[b], (x @ rotation)[b] = x[a].
         let mut rotation = vec![0f32; hd * hd];
-        for p in 0..half {
-            let (a, b) = pair_of(p);
+        for &(a, b) in &plan.pairs {
             rotation[b * hd + a] = -1.0;
             rotation[a * hd + b] = 1.0;
         }

@@ -3,10 +3,10 @@
 
 use super::config::{LlamaConfig, RopePairing};
 use super::generate::{FinishReason, Sampling, generate_batch};
-use super::model::Llama;
+use super::model::{Llama, StepInput};
 use super::weights::{MemoryWeights, SafetensorsDir, WeightSource, hf_names, permute_for_pairing};
 use crate::backend::{Backend, device};
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 pub(crate) fn tiny_config(tied: bool) -> LlamaConfig {
     LlamaConfig {
@@ -176,6 +176,122 @@ fn a_padded_batch_generates_what_each_prompt_generates_alone() {
     };
     let err = generate_batch(&model, &[vec![1, 2]], &long, &[]).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
+}
+
+/// `MemoryWeights` with every matrix whose rows are whole blocks stored as Q8_0, as a GGUF
+/// holds them: `tensor` gives the dequantized values, `blocks` the encoding.
+struct Q8Weights {
+    /// The dequantized values (no blocks: loaded alone, the tensor path throughout).
+    plain: MemoryWeights,
+    blocks: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Q8Weights {
+    fn quantize(weights: &MemoryWeights) -> Self {
+        use super::quant::{GgmlType, dequantize};
+        let mut plain = MemoryWeights::default();
+        let mut blocks = std::collections::HashMap::new();
+        for (name, (values, shape)) in &weights.tensors {
+            if shape.len() != 2 || !shape[1].is_multiple_of(32) {
+                plain
+                    .tensors
+                    .insert(name.clone(), (values.clone(), shape.clone()));
+                continue;
+            }
+            let mut encoded = Vec::new();
+            for block in values.chunks_exact(32) {
+                let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = half::f16::from_f32(max / 127.0);
+                encoded.extend(scale.to_le_bytes());
+                let d = scale.to_f32();
+                encoded.extend(block.iter().map(|v| {
+                    let q = if d == 0.0 { 0.0 } else { (v / d).round() };
+                    q.clamp(-127.0, 127.0) as i8 as u8
+                }));
+            }
+            let dequantized = dequantize(GgmlType::Q8_0, &encoded, values.len()).unwrap();
+            plain
+                .tensors
+                .insert(name.clone(), (dequantized, shape.clone()));
+            blocks.insert(name.clone(), encoded);
+        }
+        Self { plain, blocks }
+    }
+}
+
+impl WeightSource for Q8Weights {
+    fn tensor(&self, name: &str) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+        self.plain.tensor(name)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.plain.contains(name)
+    }
+
+    fn describe(&self) -> String {
+        "Q8_0 test weights".into()
+    }
+
+    fn blocks(&self, name: &str) -> Option<(super::quant::GgmlType, &[u8], Vec<usize>)> {
+        let bytes = self.blocks.get(name)?;
+        let shape = self.plain.tensors[name].1.clone();
+        Some((super::quant::GgmlType::Q8_0, bytes, shape))
+    }
+}
+
+/// One sequence's positions `start..start + tokens.len()` as a step after `start` cached ones.
+fn causal_step(tokens: &[u32], start: usize) -> StepInput<Backend> {
+    let (len, total) = (tokens.len(), start + tokens.len());
+    let mut bias = vec![crate::nn::MASKED; len * total];
+    for query in 0..len {
+        bias[query * total..query * total + start + query + 1].fill(0.0);
+    }
+    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    let positions: Vec<i64> = (start..total).map(|p| p as i64).collect();
+    StepInput {
+        tokens: Tensor::from_data(TensorData::new(ids, [1, len]), &device()),
+        positions: Tensor::from_data(TensorData::new(positions, [1, len]), &device()),
+        mask_bias: Tensor::from_data(TensorData::new(bias, [1, 1, len, total]), &device()),
+    }
+}
+
+#[test]
+fn host_decode_steps_generate_what_the_tensor_path_generates() {
+    // Whole blocks in every row: hidden 32, intermediate 64.
+    let config = LlamaConfig {
+        intermediate_size: 64,
+        ..tiny_config(true)
+    };
+    let quantized = Q8Weights::quantize(&MemoryWeights::random(&config, 21));
+    let host = Llama::<Backend>::load(config.clone(), &quantized, &device()).unwrap();
+    let tensors = Llama::<Backend>::load(config.clone(), &quantized.plain, &device()).unwrap();
+    assert!(host.decodes_on_host());
+    assert!(!tensors.decodes_on_host());
+
+    // Left padding, and more new tokens than the host cache's first capacity (prompt + 64).
+    let prompts = vec![vec![1u32, 4], vec![1, 9, 22, 35, 50, 61, 3], vec![1, 60, 2]];
+    let sampling = Sampling {
+        max_new_tokens: 72,
+        ..Sampling::default()
+    };
+    let on_host = generate_batch(&host, &prompts, &sampling, &[]).unwrap();
+    let on_tensors = generate_batch(&tensors, &prompts, &sampling, &[]).unwrap();
+    for ((host, tensors), prompt) in on_host.iter().zip(&on_tensors).zip(&prompts) {
+        assert_eq!(host.tokens.len(), 72);
+        assert_eq!(host.tokens, tensors.tokens, "prompt {prompt:?}");
+    }
+
+    // The hidden states of a decode step agree, not just their argmax.
+    let sequence = [prompts[1].clone(), on_host[1].tokens[..5].to_vec()].concat();
+    let (prefix, next) = sequence.split_at(sequence.len() - 1);
+    let decode = |model: &Llama<Backend>| -> Vec<f32> {
+        let mut cache = model.new_cache();
+        model.step(causal_step(prefix, 0), &mut cache);
+        let hidden = model.step(causal_step(next, prefix.len()), &mut cache);
+        hidden.into_data().to_vec().unwrap()
+    };
+    let diff = max_abs_diff(&decode(&host), &decode(&tensors));
+    assert!(diff < 1e-4, "decode hidden states differ by {diff}");
 }
 
 #[test]
@@ -352,6 +468,32 @@ mod lora {
         let merged = values(model.forward(&tokens).unwrap());
         let diff = max_abs_diff(&merged, &unmerged);
         assert!(diff < 1e-4, "merged and unmerged logits differ by {diff}");
+    }
+
+    #[test]
+    fn a_merged_quantized_model_still_decodes_on_the_host() {
+        let config = LlamaConfig {
+            intermediate_size: 64,
+            ..tiny_config(true)
+        };
+        let quantized = super::Q8Weights::quantize(&MemoryWeights::random(&config, 23));
+        let mut host = Llama::<Backend>::load(config.clone(), &quantized, &device()).unwrap();
+        let mut tensors =
+            Llama::<Backend>::load(config.clone(), &quantized.plain, &device()).unwrap();
+        let adapters = random_adapters(&host);
+        host.merge(&adapters).unwrap();
+        tensors.merge(&adapters).unwrap();
+        assert!(host.decodes_on_host());
+        let prompts = vec![vec![1u32, 5, 9], vec![7, 8, 30, 31, 2]];
+        let sampling = Sampling {
+            max_new_tokens: 16,
+            ..Sampling::default()
+        };
+        let on_host = generate_batch(&host, &prompts, &sampling, &[]).unwrap();
+        let on_tensors = generate_batch(&tensors, &prompts, &sampling, &[]).unwrap();
+        for (host, tensors) in on_host.iter().zip(&on_tensors) {
+            assert_eq!(host.tokens, tensors.tokens);
+        }
     }
 
     /// Summed log-probability of fixed next tokens: a smooth scalar of the adapters.
