@@ -7,6 +7,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    slim_worker::backend::keep_freed_memory();
     let args = cli::Cli::parse();
     cli::init_logging(&args.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -11,7 +11,6 @@ use super::cpu_matvec::QuantMatrix;
 use super::host_decode::{HostDecoder, HostKv, HostLayer, RopePlan};
 use super::lora::{LoraAdapters, Target};
 use super::weights::{NamedTensor, WeightSource, hf_names, save_hf, tensor_values};
-use crate::nn::MASKED;
 use anyhow::{Result, ensure};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
@@ -130,8 +129,8 @@ pub struct Llama<B: Backend> {
 }
 
 /// One forward step's inputs: `tokens` and `positions` are `[batch, len]` row-major; `mask_bias`
-/// is added to attention scores, `[batch, 1, len, cached + len]` (0 to attend, a large negative
-/// not to).
+/// is added to attention scores, `[batch, 1, len, cached + len]` or one copy per head, `[batch,
+/// heads, len, cached + len]` (0 to attend, a large negative or -inf not to).
 pub struct StepInput<B: Backend> {
     pub tokens: Tensor<B, 2, Int>,
     pub positions: Tensor<B, 2, Int>,
@@ -444,7 +443,8 @@ impl<B: Backend> Llama<B> {
             lengths.push(sequence.len());
         }
         let positions: Vec<i64> = (0..batch).flat_map(|_| 0..len as i64).collect();
-        let mask = causal_bias(&lengths, len, &self.device);
+        let heads = self.config.num_attention_heads;
+        let mask = causal_bias(&lengths, len, heads, &self.device);
         let input = StepInput {
             tokens: Tensor::from_data(TensorData::new(tokens, [batch, len]), &self.device),
             positions: Tensor::from_data(TensorData::new(positions, [batch, len]), &self.device),
@@ -504,20 +504,40 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// Causal attention bias for right-padded rows of `lengths` within `len` positions: a position
-/// attends to earlier real positions of its own row (padding only to itself).
-fn causal_bias<B: Backend>(lengths: &[usize], len: usize, device: &Device<B>) -> Tensor<B, 4> {
-    let mut bias = vec![MASKED; lengths.len() * len * len];
-    for (row, &length) in lengths.iter().enumerate() {
+/// Causal attention bias for right-padded rows of `lengths` within `len` positions, one copy
+/// per head: a position attends to earlier real positions of its own row (padding only to
+/// itself).
+///
+/// Built for every head because adding a bias broadcast over the head axis walks the scores
+/// element by element on the CPU backend, once per layer, forward and backward; a same-shape
+/// add is one vectorized pass. The masked value is -inf rather than `nn::MASKED`: every row keeps
+/// its diagonal, so softmax never sees a row without a finite score, and `exp(-inf)` is an
+/// early return where `exp(-1e9)` takes libm's underflow path.
+fn causal_bias<B: Backend>(
+    lengths: &[usize],
+    len: usize,
+    heads: usize,
+    device: &Device<B>,
+) -> Tensor<B, 4> {
+    let mut one_head = vec![f32::NEG_INFINITY; len * len];
+    let mut bias = Vec::with_capacity(lengths.len() * heads * len * len);
+    for &length in lengths {
+        one_head.fill(f32::NEG_INFINITY);
         for query in 0..len {
             for key in 0..=query {
                 if key < length || key == query {
-                    bias[(row * len + query) * len + key] = 0.0;
+                    one_head[query * len + key] = 0.0;
                 }
             }
         }
+        for _ in 0..heads {
+            bias.extend_from_slice(&one_head);
+        }
     }
-    Tensor::from_data(TensorData::new(bias, [lengths.len(), 1, len, len]), device)
+    Tensor::from_data(
+        TensorData::new(bias, [lengths.len(), heads, len, len]),
+        device,
+    )
 }
 
 /// The host decode path for `blocks`, when every projection has quantized blocks.
