@@ -102,3 +102,22 @@ fn padding_and_batching_do_not_change_an_embedding() {
         "different texts differ"
     );
 }
+
+#[test]
+fn host_attention_equals_the_tensor_attention() {
+    // The plain CPU backend attends on the host; under autodiff the encoder keeps Burn's ops.
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-minilm-l6-v2");
+    let tensors = TextEncoder::<backend::Train>::load(&folder, 0, &backend::device()).unwrap();
+    let fixture = fixture();
+    let texts: Vec<&str> = fixture.sentences.iter().map(|s| s.text.as_str()).collect();
+    let on_host = encoder().encode(&texts, 8).unwrap();
+    let with_tensors = tensors.encode(&texts, 8).unwrap();
+    for ((text, host), tensor) in texts.iter().zip(&on_host).zip(&with_tensors) {
+        let diff = host
+            .iter()
+            .zip(tensor)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{text:?}: embeddings differ by {diff}");
+    }
+}

@@ -273,18 +273,25 @@ impl<B: Backend> Bert<B> {
         let bias =
             Tensor::<B, 4>::from_data(TensorData::new(bias, [batch, 1, 1, len]), &self.device);
         let scale = 1.0 / (head_dim as f64).sqrt();
+        let on_host = crate::backend::is_plain_cpu::<B>();
 
         let split = |t: Tensor<B, 2>| t.reshape([batch, len, heads, head_dim]).swap_dims(1, 2);
         for layer in &self.layers {
             let qkv = layer.qkv.forward(x.clone());
-            let q = split(qkv.clone().slice([0..rows, 0..h]));
-            let k = split(qkv.clone().slice([0..rows, h..2 * h]));
-            let v = split(qkv.slice([0..rows, 2 * h..3 * h]));
-            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
-            let context = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([rows, h]);
+            let context = if on_host {
+                let qkv = qkv.into_data().to_vec().expect("activations are f32");
+                let context = attention_on_host(&qkv, mask, len, heads, scale as f32);
+                Tensor::from_data(TensorData::new(context, [rows, h]), &self.device)
+            } else {
+                let q = split(qkv.clone().slice([0..rows, 0..h]));
+                let k = split(qkv.clone().slice([0..rows, h..2 * h]));
+                let v = split(qkv.slice([0..rows, 2 * h..3 * h]));
+                let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
+                softmax(scores, 3)
+                    .matmul(v)
+                    .swap_dims(1, 2)
+                    .reshape([rows, h])
+            };
             let attended = layer
                 .attention_norm
                 .forward(layer.attention_out.forward(context) + x);
@@ -295,4 +302,54 @@ impl<B: Backend> Bert<B> {
         }
         x.reshape([batch, len, h])
     }
+}
+
+/// Self-attention of every sequence on the host, for the plain CPU backend: reads queries, keys
+/// and values straight from the fused projection `[rows, 3 * hidden]` (rows = sequences x `len`)
+/// and writes the context in merged `[rows, hidden]` layout.
+///
+/// As Burn operations the heads are split and merged by strided copies and the scores are many
+/// tiny matmuls, which cost more than the arithmetic (a few percent of the encoder's). Padding
+/// keys are skipped, which is what their `MASKED` bias amounts to: its `exp` is exactly 0.
+fn attention_on_host(qkv: &[f32], mask: &[u8], len: usize, heads: usize, scale: f32) -> Vec<f32> {
+    use rayon::prelude::*;
+    let width = qkv.len() / mask.len();
+    let h = width / 3;
+    let hd = h / heads;
+    let mut out = vec![0f32; mask.len() * h];
+    out.par_chunks_mut(len * h)
+        .zip(qkv.par_chunks(len * width))
+        .zip(mask.par_chunks(len))
+        .for_each(|((out, qkv), mask)| {
+            let mut keys: Vec<usize> = (0..len).filter(|&j| mask[j] != 0).collect();
+            if keys.is_empty() {
+                // All padding: every bias is equal, so every key counts alike.
+                keys = (0..len).collect();
+            }
+            let mut weights = vec![0f32; keys.len()];
+            for (query, out) in qkv.chunks_exact(width).zip(out.chunks_exact_mut(h)) {
+                for head in 0..heads {
+                    let q = &query[head * hd..(head + 1) * hd];
+                    for (weight, &j) in weights.iter_mut().zip(&keys) {
+                        let key = &qkv[j * width + h + head * hd..][..hd];
+                        *weight = crate::nn::dot::<false>(q, key) * scale;
+                    }
+                    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0.0;
+                    for weight in &mut weights {
+                        *weight = (*weight - max).exp();
+                        total += *weight;
+                    }
+                    let out = &mut out[head * hd..(head + 1) * hd];
+                    for (&weight, &j) in weights.iter().zip(&keys) {
+                        let value = &qkv[j * width + 2 * h + head * hd..][..hd];
+                        let weight = weight / total;
+                        for (out, &value) in out.iter_mut().zip(value) {
+                            *out += weight * value;
+                        }
+                    }
+                }
+            }
+        });
+    out
 }
