@@ -145,6 +145,125 @@ fn gelu_exact(x: f32) -> f32 {
     x * cdf
 }
 
+/// Softmax over the last axis. On the CPU backend, plain or under autodiff, it is one parallel
+/// pass on the host (and one for the gradient). Burn's softmax is five tensor operations (max,
+/// subtract, exp, sum, divide), each a single-threaded pass with its own buffer, and under
+/// autodiff about as many again backwards: over the `[heads, len, len]` attention scores of
+/// every layer that was a large share of a LoRA training step. Elsewhere it is Burn's.
+pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    {
+        use std::any::Any;
+        // The autodiff CPU backend is one concrete type; recognise it without a trait bound
+        // that every model's backend parameter would have to carry.
+        let x: Box<dyn Any> = Box::new(x);
+        let x = match x.downcast::<Tensor<burn::backend::Autodiff<burn::backend::Flex>, D>>() {
+            Ok(x) => {
+                let y: Box<dyn Any> = Box::new(host_softmax::tracked(*x));
+                return *y.downcast().expect("B is the autodiff CPU backend");
+            }
+            Err(x) => *x.downcast::<Tensor<B, D>>().expect("the input's own type"),
+        };
+        if crate::backend::is_plain_cpu::<B>() {
+            let (device, dims) = (x.device(), x.dims());
+            let mut values: Vec<f32> = x.into_data().into_vec().expect("f32 activations");
+            host_softmax::rows(&mut values, dims[D - 1]);
+            return Tensor::from_data(TensorData::new(values, dims), &device);
+        }
+        burn::tensor::activation::softmax(x, D - 1)
+    }
+    #[cfg(not(feature = "flex"))]
+    burn::tensor::activation::softmax(x, D - 1)
+}
+
+/// Softmax on host buffers, and as an operation of the autodiff CPU backend with its own
+/// backward pass.
+#[cfg(feature = "flex")]
+mod host_softmax {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+    use rayon::prelude::*;
+
+    /// Each row of `width` values replaced by its softmax.
+    pub fn rows(values: &mut [f32], width: usize) {
+        values.par_chunks_mut(width).for_each(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                total += *v;
+            }
+            for v in row.iter_mut() {
+                *v /= total;
+            }
+        });
+    }
+
+    /// The input gradient of softmax rows `y` for the output gradient `grad`, in place:
+    /// `y * (grad - sum(grad * y))` per row.
+    fn gradient_rows(y: &[f32], grad: &mut [f32], width: usize) {
+        grad.par_chunks_mut(width)
+            .zip(y.par_chunks(width))
+            .for_each(|(grad, y)| {
+                let along: f32 = grad.iter().zip(y).map(|(g, y)| g * y).sum();
+                for (g, &y) in grad.iter_mut().zip(y) {
+                    *g = y * (*g - along);
+                }
+            });
+    }
+
+    fn host<const D: usize>(t: FlexTensor) -> (Vec<f32>, [usize; D]) {
+        let t = Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t));
+        let dims = t.dims();
+        (t.into_data().into_vec().expect("f32 activations"), dims)
+    }
+
+    fn flex<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> FlexTensor {
+        Tensor::<Flex, D>::from_data(TensorData::new(values, dims), &Default::default())
+            .into_primitive()
+            .tensor()
+    }
+
+    /// The backward step; its state is the softmax output.
+    #[derive(Debug)]
+    struct SoftmaxBackward<const D: usize>;
+
+    impl<const D: usize> Backward<Flex, 1> for SoftmaxBackward<D> {
+        type State = FlexTensor;
+
+        fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let y = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let (y, _) = host::<D>(y);
+                let (mut grad, dims) = host::<D>(grad);
+                gradient_rows(&y, &mut grad, dims[D - 1]);
+                flex(grad, dims)
+            });
+        }
+    }
+
+    pub fn tracked<const D: usize>(x: Tensor<Autodiff<Flex>, D>) -> Tensor<Autodiff<Flex>, D> {
+        let x = x.into_primitive().tensor();
+        let (mut values, dims) = host::<D>(x.primitive.clone());
+        rows(&mut values, dims[D - 1]);
+        let y = flex(values, dims);
+        let out = match SoftmaxBackward::<D>
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
 /// A dot product in eight independent partial sums, so that it vectorizes.
 #[inline(always)]
 pub fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
@@ -234,6 +353,49 @@ mod tests {
         assert_eq!(rows.len(), 3 * 5 * 4);
         for (a, b) in rows.iter().zip(&batched) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+    #[test]
+    fn host_softmax_and_its_gradient_match_burns() {
+        use crate::backend::Train;
+        let device = crate::backend::device();
+        let dims = [2, 3, 5, 7];
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) / 3.0)
+            .collect();
+        let weights: Vec<f32> = (0..n).map(|i| ((i * 11 % 13) as f32 - 6.0) / 5.0).collect();
+        let mut masked = values.clone();
+        masked[3] = f32::NEG_INFINITY;
+        for values in [values, masked] {
+            let run = |fused: bool| {
+                let x =
+                    Tensor::<Train, 4>::from_data(TensorData::new(values.clone(), dims), &device)
+                        .require_grad();
+                let y = if fused {
+                    softmax_last(x.clone())
+                } else {
+                    burn::tensor::activation::softmax(x.clone(), 3)
+                };
+                let w =
+                    Tensor::<Train, 4>::from_data(TensorData::new(weights.clone(), dims), &device);
+                let grads = (y.clone() * w).sum().backward();
+                let read = |t: Tensor<crate::backend::Backend, 4>| -> Vec<f32> {
+                    t.into_data().into_vec().unwrap()
+                };
+                (read(y.inner()), read(x.grad(&grads).unwrap()))
+            };
+            let ((y, grad), (y_ref, grad_ref)) = (run(true), run(false));
+            for (a, b) in y.iter().zip(&y_ref).chain(grad.iter().zip(&grad_ref)) {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+            // The plain backend gives the same forward values.
+            let plain = softmax_last(Tensor::<crate::backend::Backend, 4>::from_data(
+                TensorData::new(values.clone(), dims),
+                &device,
+            ));
+            let plain: Vec<f32> = plain.into_data().into_vec().unwrap();
+            assert_eq!(plain, y);
         }
     }
 }

@@ -12,7 +12,7 @@ use super::host_decode::{HostDecoder, HostKv, HostLayer, RopePlan};
 use super::lora::{LoraAdapters, Target};
 use super::weights::{NamedTensor, WeightSource, hf_names, save_hf, tensor_values};
 use anyhow::{Result, ensure};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::sync::Arc;
@@ -282,21 +282,17 @@ impl<B: Backend> Llama<B> {
             .clone()
             .select(0, input.tokens.reshape([rows]));
         let positions = input.positions.reshape([rows]);
-        let rope = Rope {
-            cos: self
-                .rope
-                .cos
-                .clone()
-                .select(0, positions.clone())
-                .reshape([rows, 1, hd]),
-            sin: self
-                .rope
-                .sin
-                .clone()
-                .select(0, positions)
-                .reshape([rows, 1, hd]),
+        let cos = self.rope.cos.clone().select(0, positions.clone());
+        let sin = self.rope.sin.clone().select(0, positions);
+        // The angles copied out for every head once per pass: multiplying by a table broadcast
+        // over the head axis walks the values one by one on the CPU backend, and rope runs twice
+        // per layer, forward and backward.
+        let rope_for = |heads: usize| Rope {
+            cos: cos.clone().unsqueeze_dim::<3>(1).repeat_dim(1, heads),
+            sin: sin.clone().unsqueeze_dim::<3>(1).repeat_dim(1, heads),
             rotation: self.rope.rotation.clone(),
         };
+        let (rope_q, rope_kv) = (rope_for(heads), rope_for(kv_heads));
         let scale = 1.0 / (hd as f64).sqrt();
         let fast = self.block_kernels && rows <= BLOCK_KERNEL_ROWS;
 
@@ -318,11 +314,11 @@ impl<B: Backend> Llama<B> {
                 |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, hd]).swap_dims(1, 2);
             let split = |t: Tensor<B, 2>, n: usize| t.reshape([rows, n, hd]);
             let q = heads_of(
-                rope.apply(split(project(&block.q, Target::Q, normed.clone()), heads)),
+                rope_q.apply(split(project(&block.q, Target::Q, normed.clone()), heads)),
                 heads,
             );
             let k = heads_of(
-                rope.apply(split(
+                rope_kv.apply(split(
                     project(&block.k, Target::K, normed.clone()),
                     kv_heads,
                 )),
@@ -349,7 +345,7 @@ impl<B: Backend> Llama<B> {
                 .mul_scalar(scale)
                 .reshape([batch, heads, len, total])
                 + input.mask_bias.clone();
-            let attended = softmax(scores, 3)
+            let attended = crate::nn::softmax_last(scores)
                 .reshape([batch, kv_heads, group * len, total])
                 .matmul(v)
                 .reshape([batch, heads, len, hd])
@@ -593,7 +589,7 @@ fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Ten
 /// exact, since `rotation` has one ±1 per column.
 #[derive(Clone)]
 struct Rope<B: Backend, const D: usize> {
-    /// `[max_positions, head_dim]` in the model; `[rows, 1, head_dim]` gathered for a step.
+    /// `[max_positions, head_dim]` in the model; `[rows, heads, head_dim]` gathered for a step.
     cos: Tensor<B, D>,
     sin: Tensor<B, D>,
     /// `[head_dim, head_dim]`
