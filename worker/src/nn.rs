@@ -176,6 +176,20 @@ pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
     burn::tensor::activation::softmax(x, D - 1)
 }
 
+/// `values` replaced by their softmax: `exp(v - max) / sum`, the host kernel every softmax on
+/// host buffers uses.
+pub fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0;
+    for v in values.iter_mut() {
+        *v = (*v - max).exp();
+        total += *v;
+    }
+    for v in values.iter_mut() {
+        *v /= total;
+    }
+}
+
 /// Softmax on host buffers, and as an operation of the autodiff CPU backend with its own
 /// backward pass.
 #[cfg(feature = "flex")]
@@ -191,17 +205,9 @@ mod host_softmax {
 
     /// Each row of `width` values replaced by its softmax.
     pub fn rows(values: &mut [f32], width: usize) {
-        values.par_chunks_mut(width).for_each(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                total += *v;
-            }
-            for v in row.iter_mut() {
-                *v /= total;
-            }
-        });
+        values
+            .par_chunks_mut(width)
+            .for_each(super::softmax_in_place);
     }
 
     /// The input gradient of softmax rows `y` for the output gradient `grad`, in place:

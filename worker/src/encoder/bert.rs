@@ -334,16 +334,10 @@ fn attention_on_host(qkv: &[f32], mask: &[u8], len: usize, heads: usize, scale: 
                         let key = &qkv[j * width + h + head * hd..][..hd];
                         *weight = crate::nn::dot::<false>(q, key) * scale;
                     }
-                    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0.0;
-                    for weight in &mut weights {
-                        *weight = (*weight - max).exp();
-                        total += *weight;
-                    }
+                    crate::nn::softmax_in_place(&mut weights);
                     let out = &mut out[head * hd..(head + 1) * hd];
                     for (&weight, &j) in weights.iter().zip(&keys) {
                         let value = &qkv[j * width + 2 * h + head * hd..][..hd];
-                        let weight = weight / total;
                         for (out, &value) in out.iter_mut().zip(value) {
                             *out += weight * value;
                         }

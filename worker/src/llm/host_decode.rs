@@ -281,14 +281,8 @@ impl HostKv {
             for ((score, key), &bias) in scores.iter_mut().zip(keys.chunks_exact(hd)).zip(bias) {
                 *score = crate::nn::dot::<FMA>(q, key) * scale + bias;
             }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for score in &mut scores {
-                *score = (*score - max).exp();
-                total += *score;
-            }
+            crate::nn::softmax_in_place(&mut scores);
             for (&weight, value) in scores.iter().zip(values.chunks_exact(hd)) {
-                let weight = weight / total;
                 for (out, &value) in out.iter_mut().zip(value) {
                     *out = if FMA {
                         weight.mul_add(value, *out)
