@@ -85,7 +85,7 @@ pub(crate) struct HostLayer {
     pub down: Arc<QuantMatrix>,
 }
 
-/// The decoder layers of a model whose projections all have quantized blocks.
+/// The decoder layers of a model whose projections all have blocks for the CPU kernels.
 pub(crate) struct HostDecoder {
     pub layers: Vec<HostLayer>,
     pub final_norm: Vec<f32>,

@@ -121,8 +121,8 @@ pub struct Llama<B: Backend> {
     pub(crate) head: Projection<B>,
     /// Whether decode steps may use the CPU block kernels (the CPU backend, no autodiff).
     block_kernels: bool,
-    /// Decode steps on host buffers, when every projection has quantized blocks (see
-    /// `host_decode`); dropped when a merge changes weights.
+    /// Decode steps on host buffers, when every projection has quantized blocks or f32 rows
+    /// (see `host_decode`); rebuilt by `merge`.
     host: Option<HostDecoder>,
     rope: Rope<B, 2>,
     device: Device<B>,
